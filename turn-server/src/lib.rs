@@ -1,1 +1,16 @@
-//! x
+//! Ember's STUN/TURN relay.
+//!
+//! # Structure
+//! - [`stun`]: the STUN/ChannelData codec (zero-allocation parsing, in-place framing).
+//! - [`auth`]: long-term and REST credentials, nonces, the auth-failure limiter.
+//! - [`policy`]: which peer addresses may be relayed to.
+//! - [`core`]: the TURN state machine, driven with bytes; no sockets.
+//! - [`server`]: the I/O shell: worker threads, batched UDP, TCP/TLS framing, metrics.
+
+pub mod auth;
+pub mod core;
+pub mod policy;
+pub mod stun;
+
+#[cfg(test)]
+mod tests;
