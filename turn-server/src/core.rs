@@ -650,7 +650,7 @@ impl Core {
                 };
                 let existing = self.by_tuple.get(tuple).copied();
                 let result = match m {
-                    method::ALLOCATE => self.allocate(now, tuple, msg, &authed, existing, io),
+                    method::ALLOCATE => self.allocate(now, tuple, msg, existing, io),
                     method::REFRESH => self.refresh(now, msg, existing, io),
                     method::CREATE_PERMISSION => self.create_permission(now, msg, existing),
                     _ => self.channel_bind(now, msg, existing),
@@ -771,7 +771,6 @@ impl Core {
         now: Instant,
         tuple: &FiveTuple,
         msg: &Message<'_>,
-        authed: &Authed,
         existing: Option<AllocId>,
         io: &mut dyn RelayIo,
     ) -> Result<SuccessAttrs, (u16, &'static str)> {

@@ -10,7 +10,10 @@
 pub mod auth;
 pub mod core;
 pub mod policy;
+pub mod server;
 pub mod stun;
+
+pub use server::{StartError, TurnServer};
 
 #[cfg(test)]
 mod tests;
