@@ -4,23 +4,29 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole config file. Every section has defaults, so an empty file is valid.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[turn]`: the STUN/TURN relay.
     pub turn: TurnConfig,
+    /// `[tls]`: the certificate of every TLS listener.
     pub tls: TlsConfig,
+    /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[log]`: log filter and format.
     pub log: LogConfig,
 }
 
 /// `[turn]`: the STUN/TURN relay.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TurnConfig {
     /// Run the relay under `ember up`.
@@ -97,7 +103,9 @@ impl Default for TurnConfig {
 /// `external_ip` entry: `"203.0.113.5"` (for every relay address) or `"10.0.0.5/203.0.113.5"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExternalIp {
+    /// The local relay address this entry applies to; `None`: every relay address.
     pub relay: Option<IpAddr>,
+    /// The public address clients are told to use.
     pub public: IpAddr,
 }
 
@@ -127,6 +135,12 @@ impl fmt::Display for ExternalIp {
     }
 }
 
+impl Serialize for ExternalIp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for ExternalIp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -137,17 +151,22 @@ impl<'de> Deserialize<'de> for ExternalIp {
 /// Inclusive port range written `"49152-65535"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// Lowest port, at least 1.
     pub min: u16,
+    /// Highest port, at least `min`.
     pub max: u16,
 }
 
 impl PortRange {
+    /// Number of ports in the range.
     pub fn len(&self) -> u32 {
         u32::from(self.max) - u32::from(self.min) + 1
     }
+    /// Always false: a range holds at least one port.
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Whether `port` is in the range.
     pub fn contains(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
     }
@@ -156,7 +175,9 @@ impl PortRange {
 impl FromStr for PortRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("invalid port range {s:?}: expected \"MIN-MAX\" with 1 <= MIN <= MAX <= 65535");
+        let err = || {
+            format!("invalid port range {s:?}: expected \"MIN-MAX\" with 1 <= MIN <= MAX <= 65535")
+        };
         let (a, b) = s.split_once('-').ok_or_else(err)?;
         let min: u16 = a.trim().parse().map_err(|_| err())?;
         let max: u16 = b.trim().parse().map_err(|_| err())?;
@@ -187,7 +208,7 @@ impl Serialize for PortRange {
 }
 
 /// `[tls]`: the certificate used by every TLS listener.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain. Empty (with `key` empty): a self-signed certificate is generated
@@ -198,7 +219,7 @@ pub struct TlsConfig {
 }
 
 /// `[metrics]`: the Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP server that serves `/metrics` (empty string disables it).
@@ -214,7 +235,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[log]`: tracing output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "ember_turn=debug,info"; `RUST_LOG` wins when set.
@@ -229,5 +250,698 @@ impl Default for LogConfig {
             level: "info".into(),
             format: "text".into(),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve `/metrics` on, `None` when disabled (`listen = ""`).
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let s = self.listen.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            format!("invalid socket address {s:?}: expected \"IP:PORT\" or \"\" to disable")
+        })
+    }
+}
+
+/// Relay port ranges smaller than this need `allow_small_port_range = true`: each
+/// allocation holds a port, and the go-live checklists ask for at least 10,000.
+pub const MIN_RELAY_PORTS: u32 = 10_000;
+
+/// Prefix of environment variables that override config keys: `EMBER_<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "EMBER_";
+
+impl Config {
+    /// Reads `path`, applies `EMBER_<SECTION>__<KEY>` overrides from the process
+    /// environment and deserializes. Does not [`validate`](Self::validate).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_str_with_env(&text, &path.display().to_string(), process_env())
+    }
+
+    /// Built-in defaults with overrides from `env` (pass [`process_env()`] in the binary,
+    /// a fixed list in tests).
+    pub fn defaults_with_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::from_str_with_env("", "built-in defaults", env)
+    }
+
+    /// Parses `text` (named `source_name` in errors), applies the `EMBER_...__...`
+    /// overrides found in `env`, and deserializes. Errors name the key and where it was
+    /// set: `file:line:column` or the environment variable.
+    pub fn from_str_with_env(
+        text: &str,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    location: Location::at(text, source_name, e.span()),
+                    message: e.message().trim().to_owned(),
+                })?;
+        let overrides = apply_env(&mut table, env)?;
+        serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| deserialize_error(e, text, source_name, &overrides))
+    }
+
+    /// Checks what the types cannot: returns the warnings worth logging, or every problem
+    /// found (each naming its key) as [`ConfigError::Validation`].
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        let mut errors: Vec<Problem> = Vec::new();
+        let mut warnings: Vec<String> = Vec::new();
+        let mut error = |key: &str, message: String| {
+            errors.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        let t = &self.turn;
+
+        let ports = t.relay_ports.len();
+        if ports < MIN_RELAY_PORTS {
+            let msg = format!(
+                "relay port range {} has {ports} ports, fewer than the {MIN_RELAY_PORTS} a \
+                 production relay needs (one port per allocation)",
+                t.relay_ports
+            );
+            if t.allow_small_port_range {
+                warnings.push(format!("turn.relay_ports: {msg}"));
+            } else {
+                error(
+                    "turn.relay_ports",
+                    format!("{msg}; widen it or set turn.allow_small_port_range = true"),
+                );
+            }
+        }
+        for addr in t.listen.iter().chain(&t.tls_listen) {
+            if t.relay_ports.contains(addr.port()) {
+                warnings.push(format!(
+                    "turn.relay_ports: listener port {} is inside the relay range {}",
+                    addr.port(),
+                    t.relay_ports
+                ));
+            }
+        }
+        if t.realm.trim().is_empty() {
+            error("turn.realm", "must not be empty".into());
+        }
+        if t.enabled && t.listen.is_empty() && t.tls_listen.is_empty() {
+            error(
+                "turn.listen",
+                "no listener: set turn.listen and/or turn.tls_listen, or turn.enabled = false"
+                    .into(),
+            );
+        }
+        let v4 = t.relay_ip.iter().filter(|ip| ip.is_ipv4()).count();
+        if v4 > 1 || t.relay_ip.len() - v4 > 1 {
+            error(
+                "turn.relay_ip",
+                "at most one IPv4 and one IPv6 address".into(),
+            );
+        }
+        let bare = t.external_ip.iter().filter(|e| e.relay.is_none()).count();
+        if bare > 1 || (bare == 1 && t.external_ip.len() > 1) {
+            error(
+                "turn.external_ip",
+                "either one public address for every relay address, or \"relay/public\" pairs, \
+                 not both"
+                    .into(),
+            );
+        }
+        for (i, e) in t.external_ip.iter().enumerate() {
+            if e.relay.is_some() && t.external_ip[..i].iter().any(|p| p.relay == e.relay) {
+                error(
+                    "turn.external_ip",
+                    format!("relay address of {e} is listed twice"),
+                );
+            }
+        }
+        for (user, password) in &t.users {
+            if user.is_empty() || password.is_empty() {
+                error(
+                    &format!("turn.users.{user}"),
+                    "user name and password must not be empty".into(),
+                );
+            }
+        }
+        for (i, secret) in t.auth_secrets.iter().enumerate() {
+            if secret.is_empty() {
+                error(
+                    &format!("turn.auth_secrets[{i}]"),
+                    "must not be empty".into(),
+                );
+            } else if secret.len() < 16 {
+                warnings.push(format!(
+                    "turn.auth_secrets[{i}]: shorter than 16 characters, easy to brute-force"
+                ));
+            }
+        }
+        if t.enabled && t.users.is_empty() && t.auth_secrets.is_empty() {
+            warnings.push(
+                "turn: no users and no auth_secrets, every allocation will be refused".into(),
+            );
+        }
+        if t.max_lifetime == 0 {
+            error("turn.max_lifetime", "must be at least 1 second".into());
+        }
+        if t.nonce_lifetime == 0 {
+            error("turn.nonce_lifetime", "must be at least 1 second".into());
+        }
+
+        match (self.tls.cert.is_empty(), self.tls.key.is_empty()) {
+            (false, true) => error("tls.key", "tls.cert is set but tls.key is not".into()),
+            (true, false) => error("tls.cert", "tls.key is set but tls.cert is not".into()),
+            _ => {}
+        }
+        if let Err(e) = self.metrics.listen_addr() {
+            error("metrics.listen", e);
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            error(
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            error(
+                "log.format",
+                format!("{:?}: expected \"text\" or \"json\"", self.log.format),
+            );
+        }
+
+        if errors.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ConfigError::Validation(errors))
+        }
+    }
+}
+
+/// The process environment as `(name, value)` pairs, for [`Config::defaults_with_env`].
+/// Variables that are not valid UTF-8 are skipped, except `EMBER_...` ones, which are
+/// converted lossily so that their error names them.
+pub fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        match v.into_string() {
+            Ok(v) => Some((k, v)),
+            Err(v) if k.starts_with(ENV_PREFIX) => Some((k, v.to_string_lossy().into_owned())),
+            Err(_) => None,
+        }
+    })
+}
+
+/// Why a config could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{location}: {message}")]
+    Syntax {
+        /// Where the parser stopped.
+        location: Location,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key is unknown, or its value has the wrong type or format.
+    #[error("{location}: key {key}: {message}")]
+    Key {
+        /// Where the key was set.
+        location: Location,
+        /// Dotted path of the key, e.g. `turn.relay_ports` or `turn.listen[0]`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Values that parse but do not make a working configuration ([`Config::validate`]).
+    #[error("{}", format_problems(.0))]
+    Validation(Vec<Problem>),
+}
+
+/// One problem found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `turn.relay_ports`.
+    pub key: String,
+    /// What is wrong, and usually how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key {}: {}", self.key, self.message)
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    match problems {
+        [one] => format!("invalid config: {one}"),
+        _ => {
+            let lines: Vec<String> = problems.iter().map(|p| format!("\n  {p}")).collect();
+            format!("invalid config:{}", lines.concat())
+        }
+    }
+}
+
+/// Where a config value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A position in a file, 1-based; displayed `name:line:column`.
+    File {
+        /// File name as given.
+        name: String,
+        /// Line, from 1.
+        line: usize,
+        /// Column in characters, from 1.
+        column: usize,
+    },
+    /// A file or other source where the position is not known.
+    Source(String),
+    /// An `EMBER_<SECTION>__<KEY>` environment variable.
+    Env(String),
+}
+
+impl Location {
+    fn at(text: &str, name: &str, span: Option<Range<usize>>) -> Location {
+        let Some(span) = span else {
+            return Location::Source(name.to_owned());
+        };
+        let start = span.start.min(text.len());
+        let before = text.get(..start).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Location::File {
+            name: name.to_owned(),
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+
+    /// The line, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Location::File { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::File { name, line, column } => write!(f, "{name}:{line}:{column}"),
+            Location::Source(name) => f.write_str(name),
+            Location::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// An `EMBER_...` variable applied to the config table.
+struct EnvOverride {
+    var: String,
+    path: Vec<String>,
+    /// Parsed as a TOML value other than a string (a number, array, ...).
+    typed: bool,
+}
+
+/// Sets every `EMBER_<SECTION>__<KEY>=value` in `table`. The value is read as TOML
+/// (`x = <value>`) when that parses, else taken as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    let mut applied = Vec::with_capacity(vars.len());
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let fail = |message: String| ConfigError::Key {
+            location: Location::Env(var.clone()),
+            key: path.join("."),
+            message,
+        };
+        let Some((last, parents)) = path.split_last().filter(|(_, p)| !p.is_empty()) else {
+            return Err(fail(ENV_SHAPE.into()));
+        };
+        if path.iter().any(String::is_empty) {
+            return Err(fail(ENV_SHAPE.into()));
+        }
+        let (value, typed) = parse_env_value(&raw);
+        let mut t = &mut *table;
+        for (i, seg) in parents.iter().enumerate() {
+            let entry = t
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = entry.as_table_mut().ok_or_else(|| {
+                fail(format!(
+                    "cannot set a key inside {}: it is not a table",
+                    path[..=i].join(".")
+                ))
+            })?;
+        }
+        t.insert(last.clone(), value);
+        applied.push(EnvOverride { var, path, typed });
+    }
+    Ok(applied)
+}
+
+const ENV_SHAPE: &str = "expected EMBER_<SECTION>__<KEY>, e.g. EMBER_TURN__REALM";
+
+fn parse_env_value(raw: &str) -> (toml::Value, bool) {
+    if let Ok(mut t) = format!("x = {raw}").parse::<toml::Table>() {
+        if t.len() == 1 {
+            if let Some(v) = t.remove("x") {
+                let typed = !v.is_str();
+                return (v, typed);
+            }
+        }
+    }
+    (toml::Value::String(raw.to_owned()), false)
+}
+
+/// Turns a deserialization error into one naming the key and where it was set.
+fn deserialize_error(
+    err: serde_path_to_error::Error<toml::de::Error>,
+    text: &str,
+    source_name: &str,
+    overrides: &[EnvOverride],
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    let mut keys: Vec<&str> = Vec::new();
+    for seg in err.path().iter() {
+        match seg {
+            Segment::Map { key: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+                keys.push(k);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    let mut message = err.inner().message().trim().to_owned();
+    let unknown = message.starts_with("unknown field");
+
+    let set_by =
+        |o: &&EnvOverride| o.path.len() <= keys.len() && o.path.iter().eq(&keys[..o.path.len()]);
+    let created_by =
+        |o: &&EnvOverride| o.path.len() > keys.len() && o.path[..keys.len()].iter().eq(&keys);
+    let env = overrides.iter().find(set_by);
+    let location = match env {
+        Some(o) => {
+            if o.typed && message.starts_with("invalid type") {
+                message.push_str(&format!(
+                    " ({} was read as a TOML value; quote it to pass a string)",
+                    o.var
+                ));
+            }
+            Location::Env(o.var.clone())
+        }
+        None => match locate(text, err.path(), unknown) {
+            Some(span) => Location::at(text, source_name, Some(span)),
+            None => match overrides.iter().find(created_by) {
+                Some(o) => Location::Env(o.var.clone()),
+                None => Location::Source(source_name.to_owned()),
+            },
+        },
+    };
+    ConfigError::Key {
+        location,
+        key,
+        message,
+    }
+}
+
+/// The span in `text` of the key at `path` (of its value unless `want_key`), or of the
+/// deepest ancestor found.
+fn locate(text: &str, path: &serde_path_to_error::Path, want_key: bool) -> Option<Range<usize>> {
+    use serde_path_to_error::Segment;
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: Option<&toml_edit::Item> = Some(doc.as_item());
+    let mut best = None;
+    for seg in path.iter() {
+        let Some(cur) = item.take() else { break };
+        match seg {
+            Segment::Map { key } => {
+                let Some((k, v)) = cur.as_table_like().and_then(|t| t.get_key_value(key)) else {
+                    break;
+                };
+                best = if want_key { k.span() } else { v.span() }
+                    .or_else(|| k.span())
+                    .or(best);
+                item = Some(v);
+            }
+            Segment::Seq { index } => {
+                if let Some(v) = cur.as_array().and_then(|a| a.get(*index)) {
+                    best = v.span().or(best);
+                }
+                break;
+            }
+            Segment::Enum { .. } | Segment::Unknown => break,
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_with_env(text, "ember.toml", env(&[]))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            Config::defaults_with_env(env(&[])).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let cfg = parse(
+            "[turn]\nrealm = \"example.org\"\nrelay_ports = \"50000-60000\"\n\
+             external_ip = [\"10.0.0.5/203.0.113.5\"]\nusers = { alice = \"pw\" }\n\
+             [metrics]\nlisten = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.turn.realm, "example.org");
+        assert_eq!(
+            cfg.turn.relay_ports,
+            PortRange {
+                min: 50000,
+                max: 60000
+            }
+        );
+        assert_eq!(cfg.turn.external_ip[0].to_string(), "10.0.0.5/203.0.113.5");
+        assert_eq!(cfg.turn.users["alice"], "pw");
+        assert_eq!(cfg.metrics.listen_addr(), Ok(None));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "# comment\n[turn]\nrealm = \"x\"\nrelay_prots = \"1-2\"\n";
+        let err = parse(text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("ember.toml:4:1: key turn.relay_prots: unknown field `relay_prots`"),
+            "{msg}"
+        );
+        assert!(msg.contains("expected one of"), "{msg}");
+        assert!(matches!(err, ConfigError::Key { ref location, .. } if location.line() == Some(4)));
+    }
+
+    #[test]
+    fn unknown_section_names_line() {
+        let msg = parse("\n[trun]\nrealm = \"x\"\n").unwrap_err().to_string();
+        assert!(msg.starts_with("ember.toml:2:"), "{msg}");
+        assert!(msg.contains("key trun: unknown field `trun`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let text = "[turn]\n\nrelay_ports = \"65000-1000\"\n";
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("ember.toml:3:15: key turn.relay_ports: invalid port range"),
+            "{msg}"
+        );
+
+        let msg = parse("[turn]\nlisten = [\"0.0.0.0:3478\",\n  \"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("ember.toml:3:3: key turn.listen[1]:"),
+            "{msg}"
+        );
+
+        let msg = parse("[turn]\nmax_lifetime = \"long\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("ember.toml:2:16: key turn.max_lifetime: invalid type"),
+            "{msg}"
+        );
+
+        // Inline and dotted tables are located too.
+        let msg = parse("turn.realm = 5\n").unwrap_err().to_string();
+        assert!(
+            msg.starts_with("ember.toml:1:14: key turn.realm: invalid type"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let msg = parse("[turn]\nrealm = \"unterminated\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("ember.toml:2:"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let cfg = Config::from_str_with_env(
+            "[turn]\nrealm = \"file\"\n",
+            "ember.toml",
+            env(&[
+                ("EMBER_TURN__REALM", "example.org"),
+                ("EMBER_TURN__LISTEN", "[\"127.0.0.1:3478\"]"),
+                ("EMBER_TURN__USER_QUOTA", "7"),
+                ("EMBER_METRICS__LISTEN", "127.0.0.1:0"),
+                ("EMBER_LOG", "ignored"),
+                ("OTHER__THING", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.turn.realm, "example.org");
+        assert_eq!(cfg.turn.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(cfg.turn.user_quota, 7);
+        assert_eq!(cfg.metrics.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = |vars: &[(&str, &str)]| {
+            Config::from_str_with_env("[turn]\nrealm = \"x\"\n", "ember.toml", env(vars))
+                .unwrap_err()
+                .to_string()
+        };
+        let msg = err(&[("EMBER_TURN__RELAY_PORTS", "5-1")]);
+        assert!(msg.starts_with("environment variable EMBER_TURN__RELAY_PORTS: key turn.relay_ports: invalid port range"), "{msg}");
+        let msg = err(&[("EMBER_TURN__RELAY_PROTS", "1-2")]);
+        assert!(
+            msg.starts_with(
+                "environment variable EMBER_TURN__RELAY_PROTS: key turn.relay_prots: unknown field"
+            ),
+            "{msg}"
+        );
+        let msg = err(&[("EMBER_TRUN__REALM", "x")]);
+        assert!(
+            msg.starts_with("environment variable EMBER_TRUN__REALM: key trun: unknown field"),
+            "{msg}"
+        );
+        let msg = err(&[("EMBER_TURN__REALM", "42")]);
+        assert!(
+            msg.contains("EMBER_TURN__REALM") && msg.contains("quote it"),
+            "{msg}"
+        );
+        let msg = err(&[("EMBER_TURN__REALM__X", "1")]);
+        assert!(
+            msg.starts_with("environment variable EMBER_TURN__REALM__X:"),
+            "{msg}"
+        );
+        let msg = err(&[("EMBER_TURN__", "1")]);
+        assert!(
+            msg.starts_with("environment variable EMBER_TURN__:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn validate_relay_port_range() {
+        let mut cfg = Config::default();
+        cfg.turn.auth_secrets = vec!["0123456789abcdef0123".into()];
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+
+        cfg.turn.relay_ports = PortRange {
+            min: 50000,
+            max: 50100,
+        };
+        let err = cfg.validate().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("key turn.relay_ports:"), "{msg}");
+        assert!(msg.contains("allow_small_port_range"), "{msg}");
+
+        cfg.turn.allow_small_port_range = true;
+        let warnings = cfg.validate().unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("turn.relay_ports:"), "{warnings:?}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let cfg = parse(
+            "[turn]\nrealm = \"\"\nrelay_ip = [\"10.0.0.1\", \"10.0.0.2\"]\n\
+             external_ip = [\"203.0.113.1\", \"203.0.113.2\"]\n\
+             [tls]\ncert = \"/etc/ember/cert.pem\"\n\
+             [metrics]\nlisten = \"localhost\"\n[log]\nformat = \"xml\"\n",
+        )
+        .unwrap();
+        let ConfigError::Validation(problems) = cfg.validate().unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "turn.realm",
+                "turn.relay_ip",
+                "turn.external_ip",
+                "tls.key",
+                "metrics.listen",
+                "log.format"
+            ]
+        );
+    }
+
+    #[test]
+    fn validate_warns_without_credentials() {
+        let warnings = Config::default().validate().unwrap();
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("no users and no auth_secrets")));
     }
 }

@@ -253,8 +253,14 @@ mod tests {
             Ok(CredentialKind::Rest { expiry: 200 })
         );
         assert_eq!(out.len(), 2);
-        assert_eq!(c.keys("50:alice", 100, &mut out), Err(CredentialError::Expired));
-        assert_eq!(c.keys("carol", 100, &mut out), Err(CredentialError::UnknownUser));
+        assert_eq!(
+            c.keys("50:alice", 100, &mut out),
+            Err(CredentialError::Expired)
+        );
+        assert_eq!(
+            c.keys("carol", 100, &mut out),
+            Err(CredentialError::UnknownUser)
+        );
     }
 
     #[test]
@@ -267,7 +273,10 @@ mod tests {
         assert_eq!(n.check(&nonce, 1010, ip), NonceCheck::Stale);
         assert_eq!(n.check(&nonce, 1005, other), NonceCheck::Invalid);
         assert_eq!(n.check("zz", 1005, ip), NonceCheck::Invalid);
-        assert_eq!(n.check("é234567890123456789012345678901", 0, ip), NonceCheck::Invalid);
+        assert_eq!(
+            n.check("é234567890123456789012345678901", 0, ip),
+            NonceCheck::Invalid
+        );
     }
 
     #[test]

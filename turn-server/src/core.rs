@@ -116,7 +116,11 @@ pub enum BindError {
 pub trait RelayIo {
     /// Opens a relay socket for allocation `id`; returns its local address and, with
     /// `reserve_next`, the token of the reserved neighbour port.
-    fn bind(&mut self, id: AllocId, req: &RelayRequest) -> Result<(SocketAddr, Option<u64>), BindError>;
+    fn bind(
+        &mut self,
+        id: AllocId,
+        req: &RelayRequest,
+    ) -> Result<(SocketAddr, Option<u64>), BindError>;
     /// Closes every relay socket of `id`.
     fn release(&mut self, id: AllocId);
 }
@@ -225,7 +229,9 @@ impl Shared {
         for (r, public) in &self.external {
             match r {
                 Some(r) if *r == relay.ip() => return SocketAddr::new(*public, relay.port()),
-                None if Family::of(*public) == fam => return SocketAddr::new(*public, relay.port()),
+                None if Family::of(*public) == fam => {
+                    return SocketAddr::new(*public, relay.port())
+                }
                 _ => {}
             }
         }
@@ -432,7 +438,12 @@ impl Core {
         }
     }
 
-    fn handle_channel_data(&mut self, now: Instant, tuple: &FiveTuple, packet: &[u8]) -> ClientAction {
+    fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        packet: &[u8],
+    ) -> ClientAction {
         let Ok(cd) = ChannelData::parse(packet) else {
             self.stats.malformed += 1;
             return ClientAction::None;
@@ -473,8 +484,10 @@ impl Core {
         let Some(&id) = self.by_tuple.get(tuple) else {
             return ClientAction::None;
         };
-        let (Some(peer), Some(data)) = (msg.get_xor_addr(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
-        else {
+        let (Some(peer), Some(data)) = (
+            msg.get_xor_addr(attr::XOR_PEER_ADDRESS),
+            msg.get(attr::DATA),
+        ) else {
             return ClientAction::None;
         };
         if !self.shared.policy.permits_addr(peer) {
@@ -643,7 +656,10 @@ impl Core {
                     .fingerprint();
                 Outcome::Reply
             }
-            m @ (method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND) => {
+            m @ (method::ALLOCATE
+            | method::REFRESH
+            | method::CREATE_PERMISSION
+            | method::CHANNEL_BIND) => {
                 let authed = match self.authenticate(now, unix_now, tuple, msg, out) {
                     Ok(a) => a,
                     Err(o) => return o,
@@ -779,7 +795,9 @@ impl Core {
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => return Err((400, "Bad Request: REQUESTED-TRANSPORT missing")),
-            Some(v) if v.len() != 4 => return Err((400, "Bad Request: malformed REQUESTED-TRANSPORT")),
+            Some(v) if v.len() != 4 => {
+                return Err((400, "Bad Request: malformed REQUESTED-TRANSPORT"))
+            }
             Some(v) if v[0] != UDP_PROTOCOL => return Err((442, "Unsupported Transport Protocol")),
             Some(_) => {}
         }
@@ -791,11 +809,18 @@ impl Core {
         let requested_family = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
         let additional = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY);
         let even = msg.get(attr::EVEN_PORT);
-        if token.is_some() && (even.is_some() || requested_family.is_some() || additional.is_some()) {
-            return Err((400, "Bad Request: RESERVATION-TOKEN with EVEN-PORT or an address family"));
+        if token.is_some() && (even.is_some() || requested_family.is_some() || additional.is_some())
+        {
+            return Err((
+                400,
+                "Bad Request: RESERVATION-TOKEN with EVEN-PORT or an address family",
+            ));
         }
         if requested_family.is_some() && additional.is_some() {
-            return Err((400, "Bad Request: both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY"));
+            return Err((
+                400,
+                "Bad Request: both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY",
+            ));
         }
         let family = match requested_family {
             None => Family::V4,
@@ -818,7 +843,9 @@ impl Core {
             return Err((440, "Address Family not Supported"));
         }
         let username = msg.get_str(attr::USERNAME).unwrap_or_default().to_owned();
-        let kind = if auth::rest_expiry(&username).is_some() && !self.shared.credentials.is_static(&username) {
+        let kind = if auth::rest_expiry(&username).is_some()
+            && !self.shared.credentials.is_static(&username)
+        {
             CredentialKind::Rest { expiry: 0 }
         } else {
             CredentialKind::Static
@@ -833,7 +860,10 @@ impl Core {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { gen: 0, alloc: None });
+                self.slots.push(Slot {
+                    gen: 0,
+                    alloc: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -914,11 +944,13 @@ impl Core {
         })
     }
 
+    /// RFC 8656 §7.2/§7.3: min(requested, maximum), but never less than the default lifetime
+    /// (unless the configured maximum is itself below the default).
     fn lifetime(&self, msg: &Message<'_>) -> u32 {
         let max = self.shared.max_lifetime.max(1);
         msg.get_u32(attr::LIFETIME)
             .unwrap_or(DEFAULT_LIFETIME)
-            .min(max)
+            .clamp(DEFAULT_LIFETIME.min(max), max)
     }
 
     fn refresh(

@@ -17,16 +17,28 @@ pub struct PeerPolicy {
 
 impl PeerPolicy {
     pub fn new(allowed: Vec<IpNet>, denied: Vec<IpNet>, own: Vec<SocketAddr>) -> Self {
-        PeerPolicy { allowed, denied, own }
+        PeerPolicy {
+            allowed,
+            denied,
+            own,
+        }
     }
 
     /// Whether a permission may be installed for `peer` (port 0 when only the IP is known).
     pub fn permits(&self, peer: IpAddr) -> bool {
         let canon = embedded_v4(peer).map_or(peer, IpAddr::V4);
-        if self.denied.iter().any(|n| n.contains(&peer) || n.contains(&canon)) {
+        if self
+            .denied
+            .iter()
+            .any(|n| n.contains(&peer) || n.contains(&canon))
+        {
             return false;
         }
-        if self.allowed.iter().any(|n| n.contains(&peer) || n.contains(&canon)) {
+        if self
+            .allowed
+            .iter()
+            .any(|n| n.contains(&peer) || n.contains(&canon))
+        {
             return true;
         }
         !is_internal(canon) && !is_internal(peer)
@@ -37,7 +49,8 @@ impl PeerPolicy {
     pub fn permits_addr(&self, peer: SocketAddr) -> bool {
         let canon = embedded_v4(peer.ip()).map_or(peer.ip(), IpAddr::V4);
         if self.own.iter().any(|o| {
-            o.port() == peer.port() && (o.ip() == canon || o.ip() == peer.ip() || o.ip().is_unspecified())
+            o.port() == peer.port()
+                && (o.ip() == canon || o.ip() == peer.ip() || o.ip().is_unspecified())
         }) {
             return false;
         }
@@ -96,6 +109,9 @@ fn is_internal_v6(a: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site local (deprecated)
         || s[..6] == [0, 0, 0, 0, 0, 0] // any other ::/96 form
         || (s[0] == 0x100 && s[1..4] == [0, 0, 0]) // 100::/64 discard-only
+        // 64:ff9b:1::/48 local-use NAT64 (RFC 8215): its translator may use a /48../64
+        // layout (RFC 6052) where the IPv4 address is not the last 32 bits.
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
 }
 
 #[cfg(test)]
@@ -110,17 +126,51 @@ mod tests {
     fn denies_every_internal_range_and_its_ipv6_spellings() {
         let p = deny_all_default();
         for ip in [
-            "127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-            "100.64.0.1", "100.127.255.255", "169.254.169.254", "224.0.0.1", "239.255.255.250",
-            "255.255.255.255", "0.0.0.0", "0.1.2.3", "240.0.0.1", "::", "::1", "fc00::1", "fd12:3456::1",
-            "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-            "::127.0.0.1", "::10.0.0.1", "2002:7f00:1::", "2002:a00:1::1", "2002:c0a8:101::1",
-            "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "::ffff:0:0",
+            "127.0.0.1",
+            "127.255.255.254",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "169.254.169.254",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "240.0.0.1",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2002:c0a8:101::1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:0",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!p.permits(ip), "{ip} should be denied");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "2002:808:808::1",
+            "64:ff9b::808:808",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(p.permits(ip), "{ip} should be allowed");
         }

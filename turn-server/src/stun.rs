@@ -161,8 +161,9 @@ pub struct Message<'a> {
     buf: &'a [u8],
     method: u16,
     class: Class,
-    /// (type, value offset, value length) for each attribute, in order.
-    attrs: [(u16, u16, u16); MAX_ATTRS],
+    /// (type, value offset, value length) for each attribute, in order. The offset needs 32
+    /// bits: a maximum-size message is 20 + 65,532 bytes, so values can start past 65,535.
+    attrs: [(u16, u32, u16); MAX_ATTRS],
     n_attrs: usize,
 }
 
@@ -190,12 +191,13 @@ impl<'a> Message<'a> {
         if buf.len() < HEADER_LEN {
             return Err(ParseError::Short);
         }
-        if buf[0] & 0xC0 != 0 || u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
+        if buf[0] & 0xC0 != 0
+            || u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
         {
             return Err(ParseError::NotStun);
         }
         let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        if len % 4 != 0 || HEADER_LEN + len != buf.len() {
+        if !len.is_multiple_of(4) || HEADER_LEN + len != buf.len() {
             return Err(ParseError::BadLength);
         }
         let (method, class) = split_type(u16::from_be_bytes([buf[0], buf[1]]));
@@ -220,7 +222,7 @@ impl<'a> Message<'a> {
             if m.n_attrs == MAX_ATTRS {
                 return Err(ParseError::TooManyAttributes);
             }
-            m.attrs[m.n_attrs] = (t, v as u16, l as u16);
+            m.attrs[m.n_attrs] = (t, v as u32, l as u16);
             m.n_attrs += 1;
             off = v + ((l + 3) & !3);
             if t == attr::FINGERPRINT {
@@ -308,13 +310,15 @@ impl<'a> Message<'a> {
     pub fn xor_peer_addresses(&self) -> impl Iterator<Item = Option<SocketAddr>> + '_ {
         let tid = &self.buf[8..20];
         let mut seen_mi = false;
-        self.attrs[..self.n_attrs].iter().filter_map(move |&(t, o, l)| {
-            if t == attr::MESSAGE_INTEGRITY || t == attr::MESSAGE_INTEGRITY_SHA256 {
-                seen_mi = true;
-            }
-            (!seen_mi && t == attr::XOR_PEER_ADDRESS)
-                .then(|| decode_xor_addr(&self.buf[o as usize..o as usize + l as usize], tid))
-        })
+        self.attrs[..self.n_attrs]
+            .iter()
+            .filter_map(move |&(t, o, l)| {
+                if t == attr::MESSAGE_INTEGRITY || t == attr::MESSAGE_INTEGRITY_SHA256 {
+                    seen_mi = true;
+                }
+                (!seen_mi && t == attr::XOR_PEER_ADDRESS)
+                    .then(|| decode_xor_addr(&self.buf[o as usize..o as usize + l as usize], tid))
+            })
     }
 
     /// Which integrity attribute protects the message, if any.
@@ -347,7 +351,7 @@ impl<'a> Message<'a> {
                 constant_time_eq(&mac, &self.buf[attr_off + 4..attr_off + 24])
             }
             Some(Integrity::Sha256 { attr_off, len }) => {
-                if !(16..=32).contains(&len) || len % 4 != 0 {
+                if !(16..=32).contains(&len) || !len.is_multiple_of(4) {
                     return false;
                 }
                 let mac = hmac_sha256_patched(key, self.buf, attr_off, attr_off + 4 + len);
@@ -491,15 +495,24 @@ impl<'b> MessageWriter<'b> {
     /// Appends MESSAGE-INTEGRITY (HMAC-SHA1) over everything written so far.
     pub fn integrity_sha1(&mut self, key: &[u8]) -> &mut Self {
         let at = self.buf.len();
-        let mac = hmac_sha1_patched(key, &self.buf[self.start..], at - self.start, at - self.start + 24);
+        let mac = hmac_sha1_patched(
+            key,
+            &self.buf[self.start..],
+            at - self.start,
+            at - self.start + 24,
+        );
         self.attr(attr::MESSAGE_INTEGRITY, &mac)
     }
 
     /// Appends MESSAGE-INTEGRITY-SHA256 over everything written so far.
     pub fn integrity_sha256(&mut self, key: &[u8]) -> &mut Self {
         let at = self.buf.len();
-        let mac =
-            hmac_sha256_patched(key, &self.buf[self.start..], at - self.start, at - self.start + 36);
+        let mac = hmac_sha256_patched(
+            key,
+            &self.buf[self.start..],
+            at - self.start,
+            at - self.start + 36,
+        );
         self.attr(attr::MESSAGE_INTEGRITY_SHA256, &mac)
     }
 
@@ -646,7 +659,12 @@ mod tests {
     #[test]
     fn type_round_trip() {
         for m in [1u16, 3, 4, 6, 7, 8, 9, 0xABC] {
-            for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+            for c in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 assert_eq!(split_type(message_type(m, c)), (m, c));
             }
         }
@@ -672,7 +690,10 @@ mod tests {
         assert!(!m.verify_integrity(b"wrong"));
         let mut bad = b.clone();
         bad[30] ^= 1;
-        assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::BadFingerprint);
+        assert_eq!(
+            Message::parse(&bad).unwrap_err(),
+            ParseError::BadFingerprint
+        );
     }
 
     /// RFC 5769 §2.2 sample IPv4 response: XOR-MAPPED-ADDRESS 192.0.2.1:32853.

@@ -170,7 +170,12 @@ fn relay_round_trip<W: Wire>(c: &mut Client<W>) {
         w.u32(attr::REQUESTED_TRANSPORT, 17 << 24);
     });
     let m = Message::parse(&r).unwrap();
-    assert_eq!(m.class(), Class::Success, "allocate: {m:?} code {}", error_code(&m));
+    assert_eq!(
+        m.class(),
+        Class::Success,
+        "allocate: {m:?} code {}",
+        error_code(&m)
+    );
     assert!(m.verify_integrity(&c.key));
     let relayed = m.get_xor_addr(attr::XOR_RELAYED_ADDRESS).unwrap();
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");

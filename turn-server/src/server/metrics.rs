@@ -28,7 +28,10 @@ pub struct TurnMetrics {
     connections: IntGaugeVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> prometheus::Result<T> {
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
     match r.register(Box::new(c.clone())) {
         Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(c),
         Err(e) => Err(e),
@@ -103,28 +106,54 @@ impl TurnMetrics {
         for t in Transport::ALL {
             let i = t.index();
             let l = [t.as_str()];
-            self.created.with_label_values(&l).inc_by(s.allocations_created[i]);
-            self.expired.with_label_values(&l).inc_by(s.allocations_expired[i]);
-            self.deleted.with_label_values(&l).inc_by(s.allocations_deleted[i]);
-            self.failed.with_label_values(&l).inc_by(s.allocations_failed[i]);
+            self.created
+                .with_label_values(&l)
+                .inc_by(s.allocations_created[i]);
+            self.expired
+                .with_label_values(&l)
+                .inc_by(s.allocations_expired[i]);
+            self.deleted
+                .with_label_values(&l)
+                .inc_by(s.allocations_deleted[i]);
+            self.failed
+                .with_label_values(&l)
+                .inc_by(s.allocations_failed[i]);
         }
-        self.packets.with_label_values(&["client_to_peer"]).inc_by(s.packets_to_peer);
-        self.packets.with_label_values(&["peer_to_client"]).inc_by(s.packets_to_client);
-        self.bytes.with_label_values(&["client_to_peer"]).inc_by(s.bytes_to_peer);
-        self.bytes.with_label_values(&["peer_to_client"]).inc_by(s.bytes_to_client);
+        self.packets
+            .with_label_values(&["client_to_peer"])
+            .inc_by(s.packets_to_peer);
+        self.packets
+            .with_label_values(&["peer_to_client"])
+            .inc_by(s.packets_to_client);
+        self.bytes
+            .with_label_values(&["client_to_peer"])
+            .inc_by(s.bytes_to_peer);
+        self.bytes
+            .with_label_values(&["peer_to_client"])
+            .inc_by(s.bytes_to_client);
         self.auth_failures.inc_by(s.auth_failures);
         self.quota_rejections.inc_by(s.quota_rejections);
         self.denied_peers.inc_by(s.denied_peers);
         self.permissions_created.inc_by(s.permissions_created);
         self.channels_bound.inc_by(s.channels_bound);
-        self.dropped.with_label_values(&["no_permission"]).inc_by(s.dropped_no_permission);
-        self.dropped.with_label_values(&["bandwidth"]).inc_by(s.dropped_bandwidth);
+        self.dropped
+            .with_label_values(&["no_permission"])
+            .inc_by(s.dropped_no_permission);
+        self.dropped
+            .with_label_values(&["bandwidth"])
+            .inc_by(s.dropped_bandwidth);
         self.malformed.inc_by(s.malformed);
         self.errors_sent.inc_by(s.stun_errors_sent);
     }
 
     /// Applies the change of one worker's gauges (`now - before`).
-    pub fn gauge_delta(&self, before: &Gauges, now: &Gauges, conns_before: [i64; 3], conns_now: [i64; 3]) {
+    pub fn gauge_delta(
+        &self,
+        before: &Gauges,
+        now: &Gauges,
+        conns_before: [i64; 3],
+        conns_now: [i64; 3],
+    ) {
         for t in Transport::ALL {
             let i = t.index();
             let d = now.allocations[i] as i64 - before.allocations[i] as i64;
@@ -134,9 +163,13 @@ impl TurnMetrics {
             } else {
                 conns_now[i] - conns_before[i]
             };
-            self.connections.with_label_values(&[t.as_str()]).add(sessions);
+            self.connections
+                .with_label_values(&[t.as_str()])
+                .add(sessions);
         }
-        self.permissions.add(now.permissions as i64 - before.permissions as i64);
-        self.channels.add(now.channels as i64 - before.channels as i64);
+        self.permissions
+            .add(now.permissions as i64 - before.permissions as i64);
+        self.channels
+            .add(now.channels as i64 - before.channels as i64);
     }
 }

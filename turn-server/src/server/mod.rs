@@ -90,7 +90,9 @@ impl TurnServer {
             relay_ips.iter().any(IpAddr::is_ipv6),
         ];
         if !families[0] && !families[1] {
-            return Err(StartError::Config("no relay address (set turn.relay_ip)".into()));
+            return Err(StartError::Config(
+                "no relay address (set turn.relay_ip)".into(),
+            ));
         }
 
         let mut sockets: Vec<WorkerSockets> = (0..workers)
@@ -102,7 +104,11 @@ impl TurnServer {
             .collect();
         let mut addrs = Vec::new();
         for &want in &cfg.listen {
-            let port = if want.port() == 0 { free_port(want)? } else { want.port() };
+            let port = if want.port() == 0 {
+                free_port(want)?
+            } else {
+                want.port()
+            };
             let addr = SocketAddr::new(want.ip(), port);
             for w in sockets.iter_mut() {
                 w.udp.push(bind_udp(addr)?);
@@ -113,7 +119,11 @@ impl TurnServer {
         }
         if tls.is_some() {
             for &want in &cfg.tls_listen {
-                let port = if want.port() == 0 { free_port(want)? } else { want.port() };
+                let port = if want.port() == 0 {
+                    free_port(want)?
+                } else {
+                    want.port()
+                };
                 let addr = SocketAddr::new(want.ip(), port);
                 for w in sockets.iter_mut() {
                     w.tls.push(bind_tcp(addr, "tls")?);
@@ -139,10 +149,18 @@ impl TurnServer {
             max_lifetime: cfg.max_lifetime,
             bandwidth_limit: cfg.bandwidth_limit,
             families,
-            external: cfg.external_ip.iter().map(|e| (e.relay, e.public)).collect(),
+            external: cfg
+                .external_ip
+                .iter()
+                .map(|e| (e.relay, e.public))
+                .collect(),
         });
         let metrics = TurnMetrics::new(registry)?;
-        let pool = Arc::new(PortPool::new(&relay_ips, cfg.relay_ports.min, cfg.relay_ports.max));
+        let pool = Arc::new(PortPool::new(
+            &relay_ips,
+            cfg.relay_ports.min,
+            cfg.relay_ports.max,
+        ));
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
 
         let mut threads = Vec::new();
@@ -233,9 +251,15 @@ fn interface_ipv4() -> Option<IpAddr> {
             let ifa = &*p;
             let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
             let lo = ifa.ifa_flags & (libc::IFF_LOOPBACK as libc::c_uint) != 0;
-            if up && !lo && !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+            if up
+                && !lo
+                && !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+            {
                 let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                found = Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                found = Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
                 break;
             }
             p = ifa.ifa_next;
@@ -345,7 +369,7 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Queues `bytes` for the client of `tuple` (batched for UDP, buffered for streams).
-    pub(crate) fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
+    pub(crate) fn send_to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
         if tuple.transport == Transport::Udp {
             if let Some(i) = self.udp.iter().position(|(a, _)| *a == tuple.server) {
                 if self.pending[i].push(tuple.client, bytes) {
@@ -383,7 +407,7 @@ impl Worker {
             ClientAction::None => {}
             ClientAction::Reply => {
                 let out = std::mem::take(&mut self.out);
-                self.to_client(tuple, &out);
+                self.send_to_client(tuple, &out);
                 self.out = out;
             }
             ClientAction::Relay {
@@ -439,7 +463,10 @@ async fn worker_main(ctx: WorkerCtx, socks: WorkerSockets) {
         conns: HashMap::new(),
         conn_counts: [0; 3],
     }));
-    worker.borrow_mut().relays.set_worker(Rc::downgrade(&worker));
+    worker
+        .borrow_mut()
+        .relays
+        .set_worker(Rc::downgrade(&worker));
 
     for (i, (addr, fd)) in udp.into_iter().enumerate() {
         tokio::task::spawn_local(udp_listener(Rc::clone(&worker), i, addr, fd));
@@ -509,7 +536,13 @@ async fn worker_main(ctx: WorkerCtx, socks: WorkerSockets) {
     let _ = now;
 }
 
-fn publish(m: &TurnMetrics, w: &mut Worker, now: Instant, gauges: &mut Gauges, conns: &mut [i64; 3]) {
+fn publish(
+    m: &TurnMetrics,
+    w: &mut Worker,
+    now: Instant,
+    gauges: &mut Gauges,
+    conns: &mut [i64; 3],
+) {
     m.add(&std::mem::take(&mut w.core.stats));
     let g = w.core.gauges(now);
     m.gauge_delta(gauges, &g, *conns, w.conn_counts);

@@ -49,12 +49,17 @@ impl PortPool {
 
     /// Binds a relay socket on `ip` with a port from the range: random probes first, then a
     /// scan from a random start, so a nearly full range still finds its last free ports.
-    fn bind_port(&self, ip: IpAddr, even: bool, reserve_next: bool) -> Result<(std::net::UdpSocket, Option<std::net::UdpSocket>), BindError> {
+    fn bind_port(
+        &self,
+        ip: IpAddr,
+        even: bool,
+        reserve_next: bool,
+    ) -> Result<(std::net::UdpSocket, Option<std::net::UdpSocket>), BindError> {
         let span = u32::from(self.max) - u32::from(self.min) + 1;
         let start: u32 = rand::random::<u32>() % span;
         let random_tries = span.min(32);
         let try_port = |p: u16| -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
-            if even && p % 2 != 0 {
+            if even && !p.is_multiple_of(2) {
                 return None;
             }
             let s = bind_relay(SocketAddr::new(ip, p)).ok()?;
@@ -99,9 +104,17 @@ fn bind_relay(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 fn set_dont_fragment(s: &std::net::UdpSocket, v6: bool) -> io::Result<()> {
     let (level, name, val) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: setsockopt with a c_int option value on a socket we own.
     let r = unsafe {
@@ -158,7 +171,11 @@ impl RelayTable {
 
     /// Sends a client's payload from the allocation's relay socket to `peer`.
     pub fn send(&self, id: AllocId, family: Family, peer: SocketAddr, bytes: &[u8]) {
-        if let Some(Some(s)) = self.slots.get(id.index as usize).map(|s| &s[family.index()]) {
+        if let Some(Some(s)) = self
+            .slots
+            .get(id.index as usize)
+            .map(|s| &s[family.index()])
+        {
             if s.id == id {
                 // Errors (a full socket buffer, ICMP-refused peers) drop the datagram, as UDP would.
                 let _ = udp::send_to(s.fd.as_raw_fd(), peer, bytes);
@@ -172,10 +189,18 @@ impl RelayTable {
 }
 
 impl RelayIo for RelayTable {
-    fn bind(&mut self, id: AllocId, req: &RelayRequest) -> Result<(SocketAddr, Option<u64>), BindError> {
+    fn bind(
+        &mut self,
+        id: AllocId,
+        req: &RelayRequest,
+    ) -> Result<(SocketAddr, Option<u64>), BindError> {
         let (sock, token) = match req.token {
             Some(t) => {
-                let mut r = self.pool.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                let mut r = self
+                    .pool
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 match r.remove(&t) {
                     Some((s, _)) => (s, None),
                     None => return Err(BindError::BadToken),
@@ -186,7 +211,11 @@ impl RelayIo for RelayTable {
                 let (s, next) = self.pool.bind_port(ip, req.even_port, req.reserve_next)?;
                 let token = next.map(|n| {
                     let t: u64 = rand::random();
-                    let mut r = self.pool.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut r = self
+                        .pool
+                        .reservations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     r.insert(t, (n, Instant::now() + RESERVATION_LIFETIME));
                     t
                 });
@@ -238,7 +267,9 @@ async fn relay_task(
             Ok(g) => g,
             Err(_) => return,
         };
-        let Some(worker) = worker.upgrade() else { return };
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
         let mut b = batch.borrow_mut();
         let n = match b.recv(raw, BATCH) {
             Ok(n) => n,
@@ -259,7 +290,7 @@ async fn relay_task(
                 continue;
             };
             if let Some((tuple, range)) = w.core.handle_peer(now, id, peer, slot, at, len) {
-                w.to_client(&tuple, &slot[range]);
+                w.send_to_client(&tuple, &slot[range]);
             }
         }
     }

@@ -79,14 +79,15 @@ pub async fn accept_loop(
             Some(acc) => {
                 let acc = acc.clone();
                 tokio::task::spawn_local(async move {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(sock)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            debug!("TLS handshake from {client}: {e}");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(sock)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!("TLS handshake from {client}: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let tuple = FiveTuple {
                         client,
                         server,
@@ -99,8 +100,12 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve<S>(worker: Rc<RefCell<Worker>>, stream: S, tuple: FiveTuple, shutdown: CancellationToken)
-where
+async fn serve<S>(
+    worker: Rc<RefCell<Worker>>,
+    stream: S,
+    tuple: FiveTuple,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);

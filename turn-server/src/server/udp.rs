@@ -78,12 +78,12 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.n = r as usize;
-        for i in 0..self.n {
-            let truncated = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.lens[i] = if truncated {
+        for (len, h) in self.lens.iter_mut().zip(&hdrs).take(self.n) {
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            *len = if truncated {
                 usize::MAX
             } else {
-                hdrs[i].msg_len as usize
+                h.msg_len as usize
             };
         }
         Ok(self.n)
@@ -164,7 +164,9 @@ impl SendBatch {
                 h.msg_iovlen = 1;
             }
             // SAFETY: every pointer in hdrs points into buffers that outlive the call.
-            let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+            let r = unsafe {
+                libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT)
+            };
             if r <= 0 {
                 let e = io::Error::last_os_error();
                 if r == 0 || e.kind() == io::ErrorKind::WouldBlock {
@@ -185,7 +187,9 @@ impl SendBatch {
 
 /// Registers a UDP socket with the current tokio runtime for read readiness (writes are
 /// non-blocking and never wait).
-pub fn register(s: std::net::UdpSocket) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+pub fn register(
+    s: std::net::UdpSocket,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
     // SAFETY: the std socket owns its fd, which stays open and unchanged until the AsyncFd
     // (which owns the socket) is dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
@@ -243,7 +247,8 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
-            let s: &mut libc::sockaddr_in = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            let s: &mut libc::sockaddr_in =
+                unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
             s.sin_family = libc::AF_INET as libc::sa_family_t;
             s.sin_port = a.port().to_be();
             s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -251,7 +256,8 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
-            let s: &mut libc::sockaddr_in6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            let s: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
             s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             s.sin6_port = a.port().to_be();
             s.sin6_addr.s6_addr = a.ip().octets();
@@ -276,7 +282,8 @@ mod tests {
             sb.push(b.local_addr().unwrap(), &[i; 10]);
         }
         assert_eq!(sb.flush(a.as_raw_fd()), 5);
-        b.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
         let mut rb = RecvBatch::new(48);
         let mut got = 0;
         for _ in 0..50 {

@@ -1,0 +1,208 @@
+//! The commented `ember.toml` that `ember init` writes: every key of every section with
+//! its default value and a one-line explanation, and freshly generated secrets.
+
+use std::fmt::Display;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+
+use crate::config::Config;
+
+/// A fresh random secret: 24 random bytes as 32 base64url characters.
+pub fn random_secret() -> String {
+    random_token(24)
+}
+
+/// `bytes` random bytes from the OS-seeded thread RNG, base64url without padding.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Renders the config template. Defaults come from [`Config::default`], so the file and
+/// the code cannot disagree; `turn.auth_secrets` gets a new random secret on every call.
+pub fn render_config_template() -> String {
+    let d = Config::default();
+    let t = &d.turn;
+    let secret = random_secret();
+    let password = random_token(18);
+    format!(
+        r#"# Ember configuration, written by `ember init`. Check it with `ember check-config`.
+# Every key is shown with its default value. Each one can also be set from the environment
+# as EMBER_<SECTION>__<KEY>=value, e.g. EMBER_TURN__REALM=example.org.
+# This file holds secrets: keep it readable by the user running ember only (mode 0600).
+
+[turn]
+# Run the STUN/TURN relay under `ember up`.
+enabled = {enabled}
+# UDP and TCP listeners ("IP:PORT"); 3478 is the standard STUN/TURN port.
+listen = {listen}
+# TURN-over-TLS listeners (5349 is standard), certificate from [tls]; [] disables TLS.
+tls_listen = {tls_listen}
+# Local addresses relay sockets bind to (at most one IPv4, one IPv6); [] = derived from listen.
+relay_ip = {relay_ip}
+# Behind NAT, the public address clients are given: one for all, or "relay/public" pairs.
+# e.g. external_ip = ["203.0.113.5"]
+# e.g. external_ip = ["10.0.0.5/203.0.113.5", "fd00::5/2001:db8::5"]
+external_ip = {external_ip}
+# Relay port range, "MIN-MAX"; open it in the firewall (UDP and TCP). At least 10000 ports.
+relay_ports = {relay_ports}
+# Allow a relay_ports range smaller than 10000 ports (then only a warning).
+allow_small_port_range = {allow_small_port_range}
+# Realm of the long-term credential mechanism (usually your domain).
+realm = {realm}
+# Static long-term credentials, user name -> password.
+# e.g. users = {{ alice = "{password}" }}
+users = {{}}
+# TURN REST API shared secrets (coturn's use-auth-secret); list several to rotate.
+auth_secrets = ["{secret}"]
+# Peer ranges to allow although they are private/loopback (reaching internal networks!).
+# e.g. allowed_peers = ["10.0.0.0/8"]
+allowed_peers = {allowed_peers}
+# Extra peer ranges to deny on top of the built-in private/loopback/multicast denials.
+# e.g. denied_peers = ["192.0.2.0/24"]
+denied_peers = {denied_peers}
+# Maximum concurrent allocations per user name (0 = unlimited).
+user_quota = {user_quota}
+# Maximum concurrent allocations on the server (0 = unlimited).
+total_quota = {total_quota}
+# Longest allocation lifetime a client may request, seconds.
+max_lifetime = {max_lifetime}
+# Per-allocation relay bandwidth cap in bytes/s, each direction (0 = none).
+bandwidth_limit = {bandwidth_limit}
+# Seconds a nonce stays valid before the server answers 438 Stale Nonce.
+nonce_lifetime = {nonce_lifetime}
+# Failed authentications allowed per source IP per minute before requests are dropped.
+auth_failures_per_minute = {auth_failures_per_minute}
+# Worker threads for the relay data path (0 = one per core).
+threads = {threads}
+
+[tls]
+# PEM certificate chain and private key, reloaded when the files change or on SIGHUP.
+# Both empty: a self-signed certificate is generated at start (development only).
+# e.g. cert = "/etc/ember/fullchain.pem"
+cert = {cert}
+# e.g. key = "/etc/ember/privkey.pem"
+key = {key}
+
+[metrics]
+# Address of the Prometheus endpoint (/metrics, /healthz); "" disables it.
+listen = {metrics_listen}
+
+[log]
+# Log filter, e.g. "info" or "ember_turn=debug,info"; the RUST_LOG variable wins when set.
+level = {level}
+# "text" or "json" (one JSON object per line).
+format = {format}
+"#,
+        enabled = t.enabled,
+        listen = list(&t.listen),
+        tls_listen = list(&t.tls_listen),
+        relay_ip = list(&t.relay_ip),
+        external_ip = list(&t.external_ip),
+        relay_ports = string(&t.relay_ports),
+        allow_small_port_range = t.allow_small_port_range,
+        realm = string(&t.realm),
+        allowed_peers = list(&t.allowed_peers),
+        denied_peers = list(&t.denied_peers),
+        user_quota = t.user_quota,
+        total_quota = t.total_quota,
+        max_lifetime = t.max_lifetime,
+        bandwidth_limit = t.bandwidth_limit,
+        nonce_lifetime = t.nonce_lifetime,
+        auth_failures_per_minute = t.auth_failures_per_minute,
+        threads = t.threads,
+        cert = string(&d.tls.cert),
+        key = string(&d.tls.key),
+        metrics_listen = string(&d.metrics.listen),
+        level = string(&d.log.level),
+        format = string(&d.log.format),
+    )
+}
+
+/// A TOML string literal.
+fn string(v: &impl Display) -> String {
+    toml::Value::String(v.to_string()).to_string()
+}
+
+/// A TOML array of string literals.
+fn list<T: Display>(items: &[T]) -> String {
+    let items = items
+        .iter()
+        .map(|v| toml::Value::String(v.to_string()))
+        .collect();
+    toml::Value::Array(items).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::from_str_with_env(text, "template", Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn template_parses_back_to_defaults() {
+        let text = render_config_template();
+        let mut cfg = parse(&text);
+        assert_eq!(cfg.turn.auth_secrets.len(), 1);
+        assert_eq!(cfg.turn.auth_secrets[0].len(), 32);
+        cfg.turn.auth_secrets.clear();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(parse(&text).validate().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_key_is_written() {
+        let text = render_config_template();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            assert!(line.contains(" = "), "not a key line: {line}");
+            assert!(lines[i - 1].starts_with('#'), "no explanation above {line}");
+        }
+        // Every field the types know (serde lists them for an unknown key) is in the file.
+        let doc: toml::Table = text.parse().unwrap();
+        for section in ["turn", "tls", "metrics", "log"] {
+            let probe = format!("[{section}]\nno_such_key = 1\n");
+            let err = Config::from_str_with_env(&probe, "probe", Vec::new()).unwrap_err();
+            let msg = err.to_string();
+            let expected = msg.split("expected ").nth(1).unwrap();
+            let expected = expected.trim_start_matches("one of ").replace(" or ", ", ");
+            for field in expected.split(", ") {
+                let field = field.trim_matches('`');
+                assert!(
+                    doc[section].get(field).is_some(),
+                    "[{section}] {field} missing"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn commented_examples_are_valid() {
+        let text = render_config_template();
+        for line in text.lines() {
+            if let Some(example) = line.strip_prefix("# e.g. ") {
+                let section = if example.starts_with("cert") || example.starts_with("key") {
+                    "[tls]"
+                } else {
+                    "[turn]"
+                };
+                parse(&format!("{section}\n{example}\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_are_fresh() {
+        let a = parse(&render_config_template()).turn.auth_secrets;
+        let b = parse(&render_config_template()).turn.auth_secrets;
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,78 @@
+//! The services `ember` runs in one process, started from one [`Config`]: each start
+//! function binds its sockets and returns a [`Service`] that lists them and resolves once
+//! the service has stopped after shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use anyhow::Context;
+use ember_common::config::Config;
+use ember_common::metrics::{registry, MetricsServer};
+use ember_common::tls::TlsProvider;
+use ember_turn::TurnServer;
+use tokio_util::sync::CancellationToken;
+
+/// A started service.
+pub struct Service {
+    /// Short name used in logs and in the `ember: listening` lines.
+    pub name: &'static str,
+    /// Every socket it listens on: (protocol, bound address).
+    pub listening: Vec<(&'static str, SocketAddr)>,
+    /// Resolves when the service has stopped.
+    pub stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// A well-known port below 1024 that the built-in defaults replace with an unprivileged
+/// one, so that a normal user can run `ember up`.
+pub struct PortSubstitute {
+    /// Service and protocol, e.g. "http".
+    pub service: &'static str,
+    /// The standard port, e.g. 80.
+    pub standard: u16,
+    /// The port used instead, e.g. 8080.
+    pub used: u16,
+}
+
+/// Substitutes made by the built-in defaults. None today: TURN's 3478 and 5349 are
+/// unprivileged already; the HTTP services add theirs (80 -> 8080) when they arrive.
+pub const DEV_PORT_SUBSTITUTES: &[PortSubstitute] = &[];
+
+/// The STUN/TURN relay: UDP+TCP on `turn.listen`, TLS on `turn.tls_listen` with the
+/// `[tls]` certificate (self-signed when none is configured).
+pub async fn start_turn(cfg: &Config, shutdown: &CancellationToken) -> anyhow::Result<Service> {
+    let tls = if cfg.turn.tls_listen.is_empty() {
+        None
+    } else {
+        let tls = TlsProvider::new(&cfg.tls, shutdown.clone()).await;
+        Some(tls.context("TLS certificate for turn.tls_listen")?)
+    };
+    let server = TurnServer::start(
+        &cfg.turn,
+        tls.as_ref().map(TlsProvider::server_config),
+        registry(),
+        shutdown.clone(),
+    )
+    .context("cannot start the TURN relay")?;
+    Ok(Service {
+        name: "turn",
+        listening: server.local_addrs(),
+        stopped: Box::pin(server.wait()),
+    })
+}
+
+/// The Prometheus endpoint, unless `metrics.listen` is empty.
+pub async fn start_metrics(
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Service>> {
+    let Some(addr) = cfg.metrics.listen_addr().map_err(anyhow::Error::msg)? else {
+        return Ok(None);
+    };
+    let server = MetricsServer::bind(addr, registry().clone()).await?;
+    Ok(Some(Service {
+        name: "metrics",
+        listening: vec![("http", server.local_addr())],
+        stopped: Box::pin(server.run(shutdown.clone())),
+    }))
+}
