@@ -609,9 +609,12 @@ pub struct ChannelData<'a> {
     pub data: &'a [u8],
 }
 
-/// Valid TURN channel numbers (RFC 8656 §12).
+/// Valid TURN channel numbers. RFC 8656 §12 narrowed the range to 0x4000–0x4FFF, but RFC
+/// 5766 allowed up to 0x7FFF and deployed clients still use it (coturn's `turnutils_uclient`
+/// picks channels across the whole old range, and coturn's server accepts them), so Ember
+/// accepts every number whose first two bits mark ChannelData.
 pub fn is_valid_channel(n: u16) -> bool {
-    (0x4000..=0x4FFF).contains(&n)
+    (0x4000..=0x7FFF).contains(&n)
 }
 
 impl<'a> ChannelData<'a> {
@@ -783,7 +786,7 @@ mod tests {
         b.extend_from_slice(&[0, 6, 0, 9]); // USERNAME of length 9 in a 4-byte body
         assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Truncated);
         assert!(ChannelData::parse(&[0x40, 0, 0, 9, 1]).is_err());
-        assert!(ChannelData::parse(&[0x50, 0, 0, 0]).is_err());
+        assert!(ChannelData::parse(&[0x80, 0, 0, 0]).is_err());
         assert_eq!(decode_xor_addr(&[0, 1, 0, 0, 1], &[0; 12]), None);
     }
 }
