@@ -527,13 +527,11 @@ async fn worker_main(ctx: WorkerCtx, socks: WorkerSockets) {
     }
     // Final figures, then drop every socket of this worker.
     let mut w = worker.borrow_mut();
-    let now = Instant::now();
     w.relays.release_all();
     w.conns.clear();
     let empty = Gauges::default();
     ctx.metrics.add(&std::mem::take(&mut w.core.stats));
     ctx.metrics.gauge_delta(&gauges, &empty, conns, [0; 3]);
-    let _ = now;
 }
 
 fn publish(

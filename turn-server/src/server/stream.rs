@@ -2,7 +2,6 @@
 //! padded ChannelData frames (RFC 8656 §12.5), and a buffered writer per connection.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -188,5 +187,4 @@ async fn serve<S>(
     writer.closed.set(true);
     writer.notify.notify_one();
     let _ = tokio::time::timeout(Duration::from_secs(2), write_task).await;
-    let _: Option<SocketAddr> = None;
 }
