@@ -277,12 +277,17 @@ async fn run(cfg: Config, run_turn: bool) -> anyhow::Result<()> {
 
     let mut failed = None;
     tokio::select! {
+        // Cancellation first: a signal also makes services finish, and that is no failure.
+        biased;
         () = shutdown.cancelled() => {}
         Some(stopped) = running.join_next() => {
-            let name = stopped.unwrap_or("a service");
-            error!("{name} stopped unexpectedly, shutting down");
-            failed = Some(name);
-            shutdown.cancel();
+            // After a signal a stopping service is expected, not a failure.
+            if !shutdown.is_cancelled() {
+                let name = stopped.unwrap_or("a service");
+                error!("{name} stopped unexpectedly, shutting down");
+                failed = Some(name);
+                shutdown.cancel();
+            }
         }
     }
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {

@@ -548,6 +548,13 @@ impl Core {
         {
             stun::frame_channel_data(buf, payload_at, len, ch.number, stream)
         } else {
+            // The indication's 16-bit length must hold XOR-PEER-ADDRESS, DATA and the padded
+            // payload; a wrapped length would let the peer's bytes pass for frames of their
+            // own on a stream transport. Only a channel can carry such a datagram.
+            let alen = if peer.is_ipv4() { 8 } else { 20 };
+            if 4 + alen + 4 + len.next_multiple_of(4) > usize::from(u16::MAX) {
+                return None;
+            }
             a.data_tid = a.data_tid.wrapping_add(1);
             let mut tid = [0u8; 12];
             tid[..4].copy_from_slice(&id.index.to_be_bytes());

@@ -1,6 +1,6 @@
 //! Which peer addresses the relay may send to. By default every address that reaches into
 //! the server's own networks is denied (loopback, RFC 1918, CGNAT, link-local, multicast,
-//! broadcast, unspecified, unique-local, documentation/benchmark ranges), including the
+//! broadcast, unspecified, unique-local, IETF-reserved and benchmarking ranges), including the
 //! IPv4-mapped, IPv4-compatible, 6to4 and NAT64 spellings of those addresses that naive
 //! checks miss, plus the server's own listening and relay addresses. `allowed_peers` opens
 //! ranges explicitly; `denied_peers` closes more.

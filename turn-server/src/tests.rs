@@ -529,9 +529,10 @@ fn binding_returns_xor_mapped_address_with_valid_fingerprint() {
     assert_eq!(m.get_xor_addr(attr::XOR_MAPPED_ADDRESS), Some(t.client));
     assert_eq!(m.get_str(attr::SOFTWARE), Some(SOFTWARE));
     assert!(m.has(attr::FINGERPRINT));
-    // A corrupted response no longer parses: the FINGERPRINT really covers the message.
+    // A corrupted response (one bit of the transaction id) no longer parses: the FINGERPRINT
+    // really covers the message.
     let mut bad = r.clone();
-    bad[HEADER_BYTE_TO_FLIP] ^= 0x01;
+    bad[10] ^= 0x01;
     assert!(Message::parse(&bad).is_err());
 
     // IPv6 client, over TCP, without FINGERPRINT in the request.
@@ -544,9 +545,6 @@ fn binding_returns_xor_mapped_address_with_valid_fingerprint() {
         Some(t6.client)
     );
 }
-
-/// A byte inside the transaction id of a response.
-const HEADER_BYTE_TO_FLIP: usize = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Allocate: authentication
@@ -671,16 +669,8 @@ fn auth_failure_limiter_drops_requests_from_that_address() {
     let mut good = Client::udp("198.51.100.12:40001", "alice", "alice-pw");
     good.realm = bad.realm.clone();
     good.nonce = bad.nonce.clone();
-    assert_eq!(
-        h.call(&mut good, method::ALLOCATE, &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &UDP);
-        }),
-        None
-    );
     let tid = good.next_tid();
-    let pkt = good.build(method::ALLOCATE, &tid, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &UDP);
-    });
+    let pkt = good.build(method::ALLOCATE, &tid, &alloc);
     assert_eq!(h.packet(&good.tuple, &pkt), ClientAction::None);
     // Other addresses are unaffected.
     h.allocate_ok(&mut Client::alice());
@@ -1653,9 +1643,8 @@ fn channel_data_on_bound_channel_is_relayed() {
         matches!(h.packet(&c.tuple, &padded), ClientAction::Relay { range, .. } if range == (4..9))
     );
     // Empty payload.
-    assert!(
-        matches!(h.packet(&c.tuple, &channel_data(0x4000, b"")), ClientAction::Relay { range, .. } if range.is_empty())
-    );
+    let empty = h.packet(&c.tuple, &channel_data(0x4000, b""));
+    assert!(matches!(empty, ClientAction::Relay { range, .. } if range.is_empty()));
 }
 
 #[test]
@@ -1684,7 +1673,7 @@ fn channel_data_on_unbound_channel_is_dropped() {
 }
 
 #[test]
-fn channel_data_expires_with_the_binding() {
+fn channel_data_is_dropped_once_the_permission_expires() {
     let (mut h, c, _) = relaying(Transport::Udp, true, Opts::default());
     h.advance(301);
     // The binding (10 min) is alive but its permission (5 min) is not.
@@ -1802,6 +1791,42 @@ fn ipv4_mapped_permission_covers_the_ipv4_peer() {
     );
     let id = h.alloc_id(&c);
     assert!(h.peer_sends(id, sa(PEER), b"x").is_some());
+}
+
+/// A Data indication's length field is 16 bits: the largest IPv6 datagram a peer can send
+/// (65,527 bytes) does not fit, and must not go out with a wrapped length (over TCP that would
+/// let the peer inject frames of its choosing into the client's stream).
+#[test]
+fn peer_datagram_too_big_for_a_data_indication_is_dropped() {
+    let (mut h, mut c) = dual_stack();
+    assert_success(
+        &h.create_permission(&mut c, sa(PEER_V6)),
+        method::CREATE_PERMISSION,
+    );
+    assert_success(
+        &h.create_permission(&mut c, sa(PEER)),
+        method::CREATE_PERMISSION,
+    );
+    let id = h.alloc_id(&c);
+    // The largest payloads that fit, per family.
+    for (peer, max) in [(sa(PEER_V6), 65_504), (sa(PEER), 65_516)] {
+        let payload = vec![0x41u8; max];
+        let (_, frame) = h.peer_sends(id, peer, &payload).expect("fits");
+        let m = parse(&frame);
+        assert_eq!(m.get(attr::DATA).map(<[u8]>::len), Some(max));
+        assert!(h.peer_sends(id, peer, &vec![0x41u8; max + 1]).is_none());
+    }
+    // A forged frame inside a maximum-size datagram never reaches the client.
+    let mut payload = vec![0u8; 65_527];
+    payload[..8].copy_from_slice(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]);
+    assert!(h.peer_sends(id, sa(PEER_V6), &payload).is_none());
+    // A channel has room for any datagram.
+    assert_success(
+        &h.channel_bind(&mut c, 0x4000, sa(PEER_V6)),
+        method::CHANNEL_BIND,
+    );
+    let (_, frame) = h.peer_sends(id, sa(PEER_V6), &payload).unwrap();
+    assert_eq!(stun::ChannelData::parse(&frame).unwrap().data.len(), 65_527);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tracing::debug;
 use super::Worker;
 use crate::auth;
 use crate::core::{FiveTuple, Transport};
-use crate::stun::stream_frame_len;
+use crate::stun::{stream_frame_len, MAGIC_COOKIE};
 
 /// Bytes a slow client may have queued before further frames to it are dropped.
 const MAX_QUEUED: usize = 4 << 20;
@@ -159,7 +159,21 @@ async fn serve<S>(
         let unix = auth::unix_now();
         let mut pos = 0;
         loop {
-            let frame_len = match stream_frame_len(&buf[pos..]) {
+            let b = &buf[pos..];
+            // Bytes that cannot be TURN close the connection now instead of waiting for a
+            // frame that never completes (an HTTP request parses as a ChannelData header, a
+            // TLS ClientHello as a STUN header): STUN carries the magic cookie, and
+            // ChannelData means nothing before the connection has an allocation.
+            if b.len() >= 8 && b[0] >> 6 == 0 && b[4..8] != MAGIC_COOKIE.to_be_bytes() {
+                break 'conn;
+            }
+            if !b.is_empty()
+                && b[0] >> 6 == 1
+                && worker.borrow().core.allocation_of(&tuple).is_none()
+            {
+                break 'conn;
+            }
+            let frame_len = match stream_frame_len(b) {
                 Ok(Some(n)) if n <= MAX_FRAME => n,
                 Ok(Some(_)) | Err(_) => break 'conn, // not TURN framing: close
                 Ok(None) => break,

@@ -10,8 +10,9 @@ use std::os::fd::RawFd;
 
 /// Datagrams per batched syscall.
 pub const BATCH: usize = 32;
-/// Largest datagram accepted; longer ones arrive truncated and are dropped.
-pub const MAX_DATAGRAM: usize = 4096;
+/// Largest datagram accepted (the largest UDP payload). The slots are allocated zeroed and
+/// the kernel only touches the bytes it writes, so untouched slot pages never become resident.
+pub const MAX_DATAGRAM: usize = 65535;
 /// Bytes after a payload kept free for padding.
 const TAIL: usize = 4;
 
