@@ -727,7 +727,7 @@ fn metrics_follow_allocations_traffic_and_auth_failures() {
 }
 
 #[test]
-fn auth_failure_limiter_stops_answering_the_address() {
+fn auth_failure_limiter_refuses_that_user_at_that_address() {
     let ember = Ember::start_turn(&TurnOptions {
         extra_turn_toml: "auth_failures_per_minute = 3".into(),
         ..TurnOptions::default()
@@ -753,24 +753,45 @@ fn auth_failure_limiter_stops_answering_the_address() {
         let mut bad = RawClient::udp(ember.turn_udp()).credentials("alice", "wrong");
         assert_eq!(bad.allocate(&[]).error_code(), Some(401), "failure {i}");
     }
-    // The budget of 127.0.0.1 is spent: requests that need authentication go unanswered,
-    // even with the right password, until the minute is over (this is also why coturn's
-    // uclient, which retries a refused Allocate 31 times, hangs on a wrong password under
-    // the default budget of 30). Binding requests are still answered.
+    // alice's budget at 127.0.0.1 is spent: her requests get a plain 401 without a credential
+    // check, even with the right password, until the minute is over (so clients such as
+    // coturn's uclient give up instead of hanging). Others at the same address are served.
     let auth = Auth {
         user: "alice",
         realm: &realm,
         nonce: &nonce,
         key: &key,
     };
-    let r = good.try_transact(&allocate(Some(auth)), Duration::from_millis(1500));
-    assert!(r.is_err(), "a blocked address was answered: {r:?}");
-    let r = good.try_transact(&allocate(None), Duration::from_millis(1500));
-    assert!(r.is_err(), "a blocked address was challenged: {r:?}");
-    assert_next_reply_is_binding(&mut good, "blocked address, Binding");
-    metrics::wait_for(ember.metrics_addr(), "3 auth failures", METRICS_WAIT, |m| {
-        m.get("ember_turn_auth_failures_total", &[]) == 3.0
-    });
+    let r = good.transact(&allocate(Some(auth)));
+    assert_eq!(
+        r.error_code(),
+        Some(401),
+        "throttled user, right password: {r:?}"
+    );
+    let r = good.transact(&allocate(None));
+    assert_eq!(
+        r.error_code(),
+        Some(401),
+        "the challenge is still answered: {r:?}"
+    );
+    assert_next_reply_is_binding(&mut good, "throttled user's address, Binding");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let (bob, bob_pw) = ember_tests::turn_client::rest_credentials("s3cret", "bob", expiry);
+    let mut other = RawClient::udp(ember.turn_udp()).credentials(&bob, &bob_pw);
+    other.must_allocate(&[]);
+    metrics::wait_for(
+        ember.metrics_addr(),
+        "3 failures, 1 throttled",
+        METRICS_WAIT,
+        |m| {
+            m.get("ember_turn_auth_failures_total", &[]) == 3.0
+                && m.get("ember_turn_auth_throttled_total", &[]) == 1.0
+        },
+    );
 }
 
 #[test]

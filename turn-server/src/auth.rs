@@ -180,46 +180,94 @@ impl Nonces {
     }
 }
 
-/// Counts failed authentications per source IP in one-minute windows; past the limit the
-/// address's requests are dropped without an answer until the window ends.
+/// What the limiter says about a request that is about to be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Check the credentials as usual.
+    Allow,
+    /// This user has failed too often from this address: answer 401 without checking.
+    RejectUser,
+    /// This address has failed too often across user names: do not answer at all.
+    DropAddress,
+}
+
+/// Counts failed authentications in one-minute windows, per (source IP, user name) and per
+/// source IP. A user who keeps failing from an address gets a plain 401 without a
+/// credential check until the window ends (clients give up, as they do against coturn, and
+/// guessing stops paying); other users behind the same NAT are unaffected. An address that
+/// fails ten times the budget across many user names is ignored for the rest of the window.
 pub struct FailureLimiter {
     limit: u32,
     window: Duration,
-    map: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    per_user: Mutex<HashMap<(IpAddr, String), (Instant, u32)>>,
+    per_ip: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
+
+/// Entries kept before expired ones are swept.
+const LIMITER_SWEEP_AT: usize = 100_000;
 
 impl FailureLimiter {
     pub fn new(per_minute: u32) -> Self {
         FailureLimiter {
             limit: per_minute,
             window: Duration::from_secs(60),
-            map: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
         }
     }
 
-    /// True when `ip` has used up its failures for this window.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+    fn ip_limit(&self) -> u32 {
+        self.limit.saturating_mul(10)
+    }
+
+    /// Whether `ip` is ignored altogether (checked before anything else).
+    pub fn address_blocked(&self, ip: IpAddr, now: Instant) -> bool {
         if self.limit == 0 {
             return false;
         }
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(map.get(&ip), Some(&(start, n)) if now.duration_since(start) < self.window && n >= self.limit)
+        let map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(map.get(&ip), Some(&(start, n)) if now.duration_since(start) < self.window && n >= self.ip_limit())
     }
 
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+    pub fn check(&self, ip: IpAddr, user: &str, now: Instant) -> Throttle {
+        if self.limit == 0 {
+            return Throttle::Allow;
+        }
+        if self.address_blocked(ip, now) {
+            return Throttle::DropAddress;
+        }
+        let map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&(ip, user.to_owned())) {
+            Some(&(start, n)) if now.duration_since(start) < self.window && n >= self.limit => {
+                Throttle::RejectUser
+            }
+            _ => Throttle::Allow,
+        }
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, user: &str, now: Instant) {
         if self.limit == 0 {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 100_000 {
-            let window = self.window;
+        let window = self.window;
+        let bump = |e: &mut (Instant, u32)| {
+            if now.duration_since(e.0) >= window {
+                *e = (now, 0);
+            }
+            e.1 += 1;
+        };
+        {
+            let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > LIMITER_SWEEP_AT {
+                map.retain(|_, (start, _)| now.duration_since(*start) < window);
+            }
+            bump(map.entry((ip, user.to_owned())).or_insert((now, 0)));
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > LIMITER_SWEEP_AT {
             map.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
-        let e = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
-            *e = (now, 0);
-        }
-        e.1 += 1;
+        bump(map.entry(ip).or_insert((now, 0)));
     }
 }
 
@@ -280,14 +328,26 @@ mod tests {
     }
 
     #[test]
-    fn limiter_blocks_after_limit_and_resets() {
+    fn limiter_rejects_the_user_then_drops_the_address_and_resets() {
         let l = FailureLimiter::new(2);
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         let t = Instant::now();
-        l.record_failure(ip, t);
-        assert!(!l.is_blocked(ip, t));
-        l.record_failure(ip, t);
-        assert!(l.is_blocked(ip, t));
-        assert!(!l.is_blocked(ip, t + Duration::from_secs(61)));
+        l.record_failure(ip, "alice", t);
+        assert_eq!(l.check(ip, "alice", t), Throttle::Allow);
+        l.record_failure(ip, "alice", t);
+        assert_eq!(l.check(ip, "alice", t), Throttle::RejectUser);
+        assert_eq!(l.check(ip, "bob", t), Throttle::Allow);
+        assert_eq!(
+            l.check("192.0.2.10".parse().unwrap(), "alice", t),
+            Throttle::Allow
+        );
+        for i in 0..18 {
+            l.record_failure(ip, &format!("user{i}"), t);
+        }
+        assert!(l.address_blocked(ip, t));
+        assert_eq!(l.check(ip, "bob", t), Throttle::DropAddress);
+        let later = t + Duration::from_secs(61);
+        assert_eq!(l.check(ip, "alice", later), Throttle::Allow);
+        assert!(!l.address_blocked(ip, later));
     }
 }

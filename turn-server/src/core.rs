@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::{self, CredentialKind, Credentials, FailureLimiter, NonceCheck, Nonces};
+use crate::auth::{
+    self, CredentialKind, Credentials, FailureLimiter, NonceCheck, Nonces, Throttle,
+};
 use crate::policy::PeerPolicy;
 use crate::stun::{
     self, attr, method, ChannelData, Class, Message, MessageWriter, DATA_INDICATION_HEADROOM,
@@ -137,6 +139,8 @@ pub struct Stats {
     pub packets_to_client: u64,
     pub bytes_to_client: u64,
     pub auth_failures: u64,
+    /// Requests answered 401 unchecked because their user kept failing from that address.
+    pub auth_throttled: u64,
     pub quota_rejections: u64,
     pub denied_peers: u64,
     pub permissions_created: u64,
@@ -307,6 +311,12 @@ impl Allocation {
         slot.1.extend_from_slice(response);
         self.answered_next = (self.answered_next + 1) % self.answered.len();
     }
+}
+
+/// An IPv4-mapped peer (`::ffff:a.b.c.d`) is the IPv4 peer: it is relayed through the IPv4
+/// relay socket, and its permission is the IPv4 address's.
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -490,6 +500,7 @@ impl Core {
         ) else {
             return ClientAction::None;
         };
+        let peer = canonical_addr(peer);
         if !self.shared.policy.permits_addr(peer) {
             self.stats.denied_peers += 1;
             return ClientAction::None;
@@ -725,7 +736,7 @@ impl Core {
     ) -> Result<Authed, Outcome> {
         let ip = tuple.client.ip();
         let sh = Arc::clone(&self.shared);
-        if sh.limiter.is_blocked(ip, now) {
+        if sh.limiter.address_blocked(ip, now) {
             return Err(Outcome::Drop);
         }
         let tid = msg.transaction_id();
@@ -754,6 +765,14 @@ impl Core {
                 .fingerprint();
             return Err(Outcome::Reply);
         };
+        match sh.limiter.check(ip, username, now) {
+            Throttle::Allow => {}
+            Throttle::RejectUser => {
+                self.stats.auth_throttled += 1;
+                return Err(challenge(out, 401, "Unauthorized"));
+            }
+            Throttle::DropAddress => return Err(Outcome::Drop),
+        }
         match sh.nonces.check(nonce, unix_now, ip) {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => {
@@ -767,7 +786,7 @@ impl Core {
         };
         let Some(key) = verified else {
             self.stats.auth_failures += 1;
-            sh.limiter.record_failure(ip, now);
+            sh.limiter.record_failure(ip, username, now);
             return Err(challenge(out, 401, "Unauthorized"));
         };
         let authed = Authed {
@@ -1010,6 +1029,7 @@ impl Core {
             let Some(p) = p else {
                 return Err((400, "Bad Request: malformed XOR-PEER-ADDRESS"));
             };
+            let p = canonical_addr(p);
             if relays[Family::of(p.ip()).index()].is_none() {
                 return Err((443, "Peer Address Family Mismatch"));
             }
@@ -1054,6 +1074,7 @@ impl Core {
         let Some(Some(peer)) = msg.xor_peer_addresses().next() else {
             return Err((400, "Bad Request: XOR-PEER-ADDRESS missing or malformed"));
         };
+        let peer = canonical_addr(peer);
         let a = self.get(id).expect("indexed allocation exists");
         if a.relays[Family::of(peer.ip()).index()].is_none() {
             return Err((443, "Peer Address Family Mismatch"));

@@ -68,6 +68,10 @@ pub fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     if s[..5] == [0, 0, 0, 0, 0] && (s[5] == 0xffff || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
         return Some(tail);
     }
+    // SIIT "IPv4-translated" form ::ffff:0:a.b.c.d (RFC 2765).
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return Some(tail);
+    }
     if s[0] == 0x2002 {
         return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
     }
@@ -155,7 +159,7 @@ mod tests {
             "2002:7f00:1::",
             "2002:a00:1::1",
             "2002:c0a8:101::1",
-            "64:ff9b::7f00:1",
+            "64:ff9b::7f00:1", "::ffff:0:127.0.0.1", "::ffff:0:10.0.0.1",
             "64:ff9b::a00:1",
             "64:ff9b:1::a00:1",
             "::ffff:0:0",

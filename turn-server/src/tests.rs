@@ -648,7 +648,7 @@ fn allocate_with_wrong_password_is_unauthorized_and_counted() {
 }
 
 #[test]
-fn auth_failure_limiter_drops_requests_from_that_address() {
+fn auth_failure_limiter_rejects_that_user_from_that_address() {
     let mut h = Harness::new(Opts {
         failures_per_minute: 3,
         ..Opts::default()
@@ -664,15 +664,18 @@ fn auth_failure_limiter_drops_requests_from_that_address() {
         assert_error(&h.call(&mut bad, method::ALLOCATE, &alloc).unwrap(), 401);
     }
     assert_eq!(h.core.stats.auth_failures, 3);
-    assert_eq!(h.call(&mut bad, method::ALLOCATE, &alloc), None);
-    // Now even the right password from that IP (another port) gets no answer at all.
+    // Now alice from that address gets 401 without a credential check, even with the right
+    // password (from another port), so a guesser learns nothing and clients give up.
+    assert_error(&h.call(&mut bad, method::ALLOCATE, &alloc).unwrap(), 401);
     let mut good = Client::udp("198.51.100.12:40001", "alice", "alice-pw");
     good.realm = bad.realm.clone();
     good.nonce = bad.nonce.clone();
-    let tid = good.next_tid();
-    let pkt = good.build(method::ALLOCATE, &tid, &alloc);
-    assert_eq!(h.packet(&good.tuple, &pkt), ClientAction::None);
-    // Other addresses are unaffected.
+    assert_error(&h.call(&mut good, method::ALLOCATE, &alloc).unwrap(), 401);
+    assert_eq!(h.core.stats.auth_failures, 3);
+    assert_eq!(h.core.stats.auth_throttled, 2);
+    // Another user behind the same address, and alice from elsewhere, are unaffected.
+    let mut bob = Client::udp("198.51.100.12:40002", "bob", "bob-pw");
+    h.allocate_ok(&mut bob);
     h.allocate_ok(&mut Client::alice());
     // Binding requests are not authenticated, so they still work.
     let mut req = Vec::new();
@@ -683,6 +686,29 @@ fn auth_failure_limiter_drops_requests_from_that_address() {
     good.nonce = None;
     good.realm = None;
     h.allocate_ok(&mut good);
+}
+
+#[test]
+fn auth_failure_limiter_ignores_an_address_spraying_user_names() {
+    let mut h = Harness::new(Opts {
+        failures_per_minute: 1,
+        ..Opts::default()
+    });
+    let alloc = |w: &mut MessageWriter<'_>| {
+        w.attr(attr::REQUESTED_TRANSPORT, &UDP);
+    };
+    // Ten failures (ten times the budget) under ten user names.
+    for i in 0..10 {
+        let mut c = Client::udp("198.51.100.13:40000", &format!("user{i}"), "x");
+        assert_error(&h.call(&mut c, method::ALLOCATE, &alloc).unwrap(), 401);
+        assert!(c.learn(&h.out.clone()));
+        assert_error(&h.call(&mut c, method::ALLOCATE, &alloc).unwrap(), 401);
+    }
+    assert_eq!(h.core.stats.auth_failures, 10);
+    let mut c = Client::udp("198.51.100.13:40001", "alice", "alice-pw");
+    assert_eq!(h.call(&mut c, method::ALLOCATE, &alloc), None);
+    h.advance(61);
+    h.allocate_ok(&mut c);
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub struct TurnMetrics {
     packets: IntCounterVec,
     bytes: IntCounterVec,
     auth_failures: IntCounter,
+    auth_throttled: IntCounter,
     quota_rejections: IntCounter,
     denied_peers: IntCounter,
     permissions_created: IntCounter,
@@ -75,6 +76,10 @@ impl TurnMetrics {
                 &["direction"],
             )?,
             auth_failures: c("ember_turn_auth_failures_total", "Failed authentications")?,
+            auth_throttled: c(
+                "ember_turn_auth_throttled_total",
+                "Requests refused unchecked after repeated failures of their user from their address",
+            )?,
             quota_rejections: c("ember_turn_quota_rejections_total", "Allocations refused by a quota (486)")?,
             denied_peers: c(
                 "ember_turn_denied_peer_total",
@@ -132,6 +137,7 @@ impl TurnMetrics {
             .with_label_values(&["peer_to_client"])
             .inc_by(s.bytes_to_client);
         self.auth_failures.inc_by(s.auth_failures);
+        self.auth_throttled.inc_by(s.auth_throttled);
         self.quota_rejections.inc_by(s.quota_rejections);
         self.denied_peers.inc_by(s.denied_peers);
         self.permissions_created.inc_by(s.permissions_created);
