@@ -65,7 +65,9 @@ pub struct TurnConfig {
     pub bandwidth_limit: u64,
     /// Seconds a nonce stays valid before the server answers 438 Stale Nonce.
     pub nonce_lifetime: u32,
-    /// Failed authentications allowed per source IP per minute before requests are dropped.
+    /// Failed authentications allowed per user and source IP per minute; past it the user gets
+    /// 401 without a credential check, and an IP failing ten times this across user names is
+    /// ignored until the minute ends.
     pub auth_failures_per_minute: u32,
     /// Worker threads for the data path (0 = one per core).
     pub threads: usize,

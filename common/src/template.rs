@@ -74,7 +74,8 @@ max_lifetime = {max_lifetime}
 bandwidth_limit = {bandwidth_limit}
 # Seconds a nonce stays valid before the server answers 438 Stale Nonce.
 nonce_lifetime = {nonce_lifetime}
-# Failed authentications allowed per source IP per minute before requests are dropped.
+# Failed authentications per user and source IP per minute; past it that user gets 401
+# without a check, and an IP failing 10x this across user names is ignored for the minute.
 auth_failures_per_minute = {auth_failures_per_minute}
 # Worker threads for the relay data path (0 = one per core).
 threads = {threads}
