@@ -297,51 +297,53 @@ fn free_port(addr: SocketAddr) -> Result<u16, StartError> {
     })
 }
 
+/// A non-blocking socket for `addr`'s family; IPv6 sockets are IPv6-only so that IPv4 and
+/// IPv6 listeners on the same port stay separate.
+pub(crate) fn new_socket(addr: SocketAddr, udp: bool) -> io::Result<socket2::Socket> {
+    let (ty, proto) = if udp {
+        (socket2::Type::DGRAM, socket2::Protocol::UDP)
+    } else {
+        (socket2::Type::STREAM, socket2::Protocol::TCP)
+    };
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
-    let err = |e| StartError::Bind {
+    let bind = || -> io::Result<std::net::UdpSocket> {
+        let s = new_socket(addr, true)?;
+        s.set_reuse_port(true)?;
+        // Larger buffers absorb bursts while a worker is busy; the kernel caps them at rmem_max.
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    };
+    bind().map_err(|source| StartError::Bind {
         proto: "udp",
         addr,
-        source: e,
-    };
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .map_err(err)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true).map_err(err)?;
-    }
-    s.set_reuse_port(true).map_err(err)?;
-    // Larger buffers absorb bursts while a worker is busy; the kernel caps them at rmem_max.
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
-    s.set_nonblocking(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    Ok(s.into())
+        source,
+    })
 }
 
 fn bind_tcp(addr: SocketAddr, proto: &'static str) -> Result<std::net::TcpListener, StartError> {
-    let err = |e| StartError::Bind {
+    let bind = || -> io::Result<std::net::TcpListener> {
+        let s = new_socket(addr, false)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    bind().map_err(|source| StartError::Bind {
         proto,
         addr,
-        source: e,
-    };
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(err)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true).map_err(err)?;
-    }
-    s.set_reuse_address(true).map_err(err)?;
-    s.set_reuse_port(true).map_err(err)?;
-    s.set_nonblocking(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    s.listen(1024).map_err(err)?;
-    Ok(s.into())
+        source,
+    })
 }
 
 struct WorkerCtx {

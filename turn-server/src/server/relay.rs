@@ -89,15 +89,7 @@ impl PortPool {
 }
 
 fn bind_relay(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
+    let s = super::new_socket(addr, true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
 }
