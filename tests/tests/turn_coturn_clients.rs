@@ -12,6 +12,7 @@
 //!
 //! The coturn tools are required: a missing `turnutils_uclient` fails these tests.
 
+use ember_turn::core::Transport;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,23 +26,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const SESSIONS: u64 = 2;
 const MESSAGES: u64 = 100;
 const LENGTH: u64 = 170;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    fn label(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Data {
@@ -212,7 +196,7 @@ fn echo_matrix(t: Transport, d: Data) {
         Data::Channels => assert!(channels > 0.0, "no channel was bound:\n{}", m.text),
         Data::SendIndications => assert_eq!(channels, 0.0, "-s bound channels:\n{}", m.text),
     }
-    let label = t.label();
+    let label = t.as_str();
     assert!(
         m.get(
             "ember_turn_allocations_created_total",

@@ -11,6 +11,7 @@
 //! TCP and TLS go through `ember_tests::turn_client::StreamConn`, since the crate only ships
 //! a datagram transport; TLS trusts the certificate the harness generated for the server.
 
+use ember_turn::core::Transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,23 +25,6 @@ use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 const STEP: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    fn label(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
 
 /// A connection to the server over `t`, and the server address the client must use.
 async fn connect(ember: &Ember, t: Transport) -> (Arc<dyn Conn + Send + Sync>, SocketAddr) {
@@ -167,7 +151,7 @@ async fn transport_cases(t: Transport) {
     relay_round_trips(&ember, t, &u, &p).await;
 
     let per_case = 3 * 12;
-    let label = t.label();
+    let label = t.as_str();
     let m = metrics::wait_for(
         ember.metrics_addr(),
         "allocations released and packets counted",
