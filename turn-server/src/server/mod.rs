@@ -104,12 +104,7 @@ impl TurnServer {
             .collect();
         let mut addrs = Vec::new();
         for &want in &cfg.listen {
-            let port = if want.port() == 0 {
-                free_port(want)?
-            } else {
-                want.port()
-            };
-            let addr = SocketAddr::new(want.ip(), port);
+            let addr = concrete(want)?;
             for w in sockets.iter_mut() {
                 w.udp.push(bind_udp(addr)?);
                 w.tcp.push(bind_tcp(addr, "tcp")?);
@@ -119,12 +114,7 @@ impl TurnServer {
         }
         if tls.is_some() {
             for &want in &cfg.tls_listen {
-                let port = if want.port() == 0 {
-                    free_port(want)?
-                } else {
-                    want.port()
-                };
-                let addr = SocketAddr::new(want.ip(), port);
+                let addr = concrete(want)?;
                 for w in sockets.iter_mut() {
                     w.tls.push(bind_tcp(addr, "tls")?);
                 }
@@ -267,6 +257,14 @@ fn interface_ipv4() -> Option<IpAddr> {
         libc::freeifaddrs(ifap);
     }
     found
+}
+
+/// `want` itself, or with port 0 replaced by one port free for both UDP and TCP.
+fn concrete(want: SocketAddr) -> Result<SocketAddr, StartError> {
+    if want.port() != 0 {
+        return Ok(want);
+    }
+    Ok(SocketAddr::new(want.ip(), free_port(want)?))
 }
 
 /// A port free for both UDP and TCP on `addr`'s IP, found by binding exclusively (without
