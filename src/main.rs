@@ -5,6 +5,7 @@
 //! Started services print one line per listening socket to stdout, in the exact form
 //! `ember: listening <service>/<proto> <addr>`, then `ember: ready` (tests parse them).
 
+mod selftest;
 mod services;
 
 use std::fs::{OpenOptions, Permissions};
@@ -62,6 +63,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check a TURN server (Ember's or any other) before going live: STUN, allocations over
+    /// UDP/TCP/TLS, the certificate, credentials both ways, the relay address, data through
+    /// the relay, the port range and ICE gathering. Exit status 0 only if all pass.
+    Selftest(selftest::Args),
     /// Load and validate a config, print its warnings, start nothing.
     CheckConfig {
         /// Config file (TOML); without it the built-in defaults and EMBER_* variables.
@@ -82,6 +87,7 @@ enum Scope {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Selftest(args) => return selftest::main(args),
         Command::Init { path, force } => init(&path, force),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Up { config } => serve(config, Scope::All),
@@ -171,6 +177,16 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
         (dev && run_turn && cfg.turn.users.is_empty() && cfg.turn.auth_secrets.is_empty())
             .then(random_secret);
     cfg.turn.auth_secrets.extend(dev_secret.clone());
+    // Likewise a token for the self-test page's one-click credentials.
+    let dev_token = (dev
+        && run_turn
+        && cfg.selftest.enabled
+        && cfg.selftest.token.is_empty()
+        && !cfg.turn.auth_secrets.is_empty())
+    .then(random_secret);
+    if let Some(t) = &dev_token {
+        cfg.selftest.token = t.clone();
+    }
     let warnings = cfg
         .validate()
         .with_context(|| source_name(path.as_deref()))?;
@@ -201,6 +217,14 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
     }
     if let Some(secret) = &dev_secret {
         print_dev_secret(secret, &cfg.turn.realm);
+    }
+    if let Some(token) = &dev_token {
+        println!(
+            "ember: ephemeral self-test token (dev only, valid for this run): {token}\n\
+             ember:   one-click relay test: http://127.0.0.1:{port}/selftest#token={token}",
+            port = cfg.selftest.listen.first().map_or(8088, |a| a.port()),
+        );
+        flush();
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -245,8 +269,16 @@ async fn run(cfg: Config, run_turn: bool) -> anyhow::Result<()> {
 
     let mut started: Vec<Service> = Vec::new();
     let result = async {
+        let tls = services::tls_provider(&cfg, run_turn, &shutdown).await?;
         if run_turn {
-            started.push(services::start_turn(&cfg, &shutdown).await?);
+            started.push(services::start_turn(&cfg, tls.as_ref(), &shutdown).await?);
+            let turn = started.last();
+            let token = cfg.selftest.token.clone();
+            if let Some(s) =
+                services::start_selftest(&cfg, &token, turn, tls.as_ref(), &shutdown).await?
+            {
+                started.push(s);
+            }
         }
         if let Some(m) = services::start_metrics(&cfg, &shutdown).await? {
             started.push(m);

@@ -8,10 +8,13 @@ use std::pin::Pin;
 
 use anyhow::Context;
 use ember_common::config::Config;
+use ember_common::http::HttpServer;
 use ember_common::metrics::{registry, MetricsServer};
 use ember_common::tls::TlsProvider;
 use ember_turn::TurnServer;
 use tokio_util::sync::CancellationToken;
+
+use crate::selftest::web::{router, SelftestWeb};
 
 /// A started service.
 pub struct Service {
@@ -38,18 +41,39 @@ pub struct PortSubstitute {
 /// unprivileged already; the HTTP services add theirs (80 -> 8080) when they arrive.
 pub const DEV_PORT_SUBSTITUTES: &[PortSubstitute] = &[];
 
+/// The `[tls]` certificate, loaded once for every TLS listener, if any is configured.
+pub async fn tls_provider(
+    cfg: &Config,
+    run_turn: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<TlsProvider>> {
+    let mut users = Vec::new();
+    if run_turn && !cfg.turn.tls_listen.is_empty() {
+        users.push("turn.tls_listen");
+    }
+    if run_turn && cfg.selftest.enabled && !cfg.selftest.tls_listen.is_empty() {
+        users.push("selftest.tls_listen");
+    }
+    if users.is_empty() {
+        return Ok(None);
+    }
+    let tls = TlsProvider::new(&cfg.tls, shutdown.clone()).await;
+    Ok(Some(tls.with_context(|| {
+        format!("TLS certificate for {}", users.join(" and "))
+    })?))
+}
+
 /// The STUN/TURN relay: UDP+TCP on `turn.listen`, TLS on `turn.tls_listen` with the
 /// `[tls]` certificate (self-signed when none is configured).
-pub async fn start_turn(cfg: &Config, shutdown: &CancellationToken) -> anyhow::Result<Service> {
-    let tls = if cfg.turn.tls_listen.is_empty() {
-        None
-    } else {
-        let tls = TlsProvider::new(&cfg.tls, shutdown.clone()).await;
-        Some(tls.context("TLS certificate for turn.tls_listen")?)
-    };
+pub async fn start_turn(
+    cfg: &Config,
+    tls: Option<&TlsProvider>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Service> {
+    let tls = tls.filter(|_| !cfg.turn.tls_listen.is_empty());
     let server = TurnServer::start(
         &cfg.turn,
-        tls.as_ref().map(TlsProvider::server_config),
+        tls.map(TlsProvider::server_config),
         registry(),
         shutdown.clone(),
     )
@@ -59,6 +83,48 @@ pub async fn start_turn(cfg: &Config, shutdown: &CancellationToken) -> anyhow::R
         listening: server.local_addrs(),
         stopped: Box::pin(server.wait()),
     })
+}
+
+/// The relay self-test page on `selftest.listen` / `selftest.tls_listen`, unless disabled.
+/// `token` is the effective credential token; `turn` the started relay, whose real ports
+/// go into the URLs the page offers.
+pub async fn start_selftest(
+    cfg: &Config,
+    token: &str,
+    turn: Option<&Service>,
+    tls: Option<&TlsProvider>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Service>> {
+    let st = &cfg.selftest;
+    if !st.enabled || (st.listen.is_empty() && st.tls_listen.is_empty()) {
+        return Ok(None);
+    }
+    let mut web = SelftestWeb::new(cfg, token, registry());
+    if let Some(turn) = turn {
+        let ports = |proto: &str| -> Vec<u16> {
+            let mut p: Vec<u16> = turn
+                .listening
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, a)| a.port())
+                .collect();
+            p.dedup();
+            p
+        };
+        web.set_turn_ports(ports("udp"), ports("tls"));
+    }
+    let server = HttpServer::bind(
+        "selftest",
+        &st.listen,
+        &st.tls_listen,
+        tls.map(TlsProvider::server_config),
+    )
+    .await?;
+    Ok(Some(Service {
+        name: "selftest",
+        listening: server.local_addrs(),
+        stopped: Box::pin(server.run(router(web), shutdown.clone())),
+    }))
 }
 
 /// The Prometheus endpoint, unless `metrics.listen` is empty.

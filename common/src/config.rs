@@ -21,6 +21,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[selftest]`
+    pub selftest: SelftestConfig,
     /// `[log]`: log filter and format.
     pub log: LogConfig,
 }
@@ -236,6 +238,45 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[selftest]`: the relay self-test web page (`/selftest`) and its credential endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelftestConfig {
+    /// Serve the page whenever the relay runs.
+    pub enabled: bool,
+    /// HTTP listeners ("IP:PORT").
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners, certificate from `[tls]`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Bearer token that unlocks one-click credentials (`POST /selftest/credentials`);
+    /// empty disables that endpoint (the page's form still works with typed credentials).
+    pub token: String,
+    /// Lifetime of the TURN REST credentials the endpoint hands out, seconds.
+    pub credential_ttl: u32,
+    /// User name part of those credentials (`<expiry>:<credential_user>`).
+    pub credential_user: String,
+    /// TURN URLs the page offers; empty: derived from the page's host name and `[turn]`
+    /// listen ports.
+    pub turn_urls: Vec<String>,
+}
+
+impl Default for SelftestConfig {
+    fn default() -> Self {
+        SelftestConfig {
+            enabled: true,
+            listen: vec!["0.0.0.0:8088".parse().unwrap()],
+            tls_listen: Vec::new(),
+            token: String::new(),
+            credential_ttl: 600,
+            credential_user: "selftest".into(),
+            turn_urls: Vec::new(),
+        }
+    }
+}
+
+/// Longest lifetime of self-test credentials: they are for a test, not for calls.
+pub const MAX_SELFTEST_CREDENTIAL_TTL: u32 = 86_400;
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -424,6 +465,42 @@ impl Config {
         }
         if let Err(e) = self.metrics.listen_addr() {
             error("metrics.listen", e);
+        }
+        let st = &self.selftest;
+        if st.credential_ttl == 0 || st.credential_ttl > MAX_SELFTEST_CREDENTIAL_TTL {
+            error(
+                "selftest.credential_ttl",
+                format!("must be 1..={MAX_SELFTEST_CREDENTIAL_TTL} seconds"),
+            );
+        }
+        if st.credential_user.is_empty() || st.credential_user.contains(':') {
+            error(
+                "selftest.credential_user",
+                "must be non-empty and contain no ':'".into(),
+            );
+        }
+        for (i, url) in st.turn_urls.iter().enumerate() {
+            if !["turn:", "turns:", "stun:", "stuns:"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                error(
+                    &format!("selftest.turn_urls[{i}]"),
+                    format!("{url:?}: expected a turn:, turns: or stun: URL"),
+                );
+            }
+        }
+        if !st.token.is_empty() {
+            if st.token.len() < 16 {
+                warnings.push("selftest.token: shorter than 16 characters, easy to guess".into());
+            }
+            if t.auth_secrets.is_empty() {
+                warnings.push(
+                    "selftest.token is set but turn.auth_secrets is empty: the one-click test \
+                     cannot issue credentials"
+                        .into(),
+                );
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             error(

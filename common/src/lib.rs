@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;

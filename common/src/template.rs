@@ -28,6 +28,7 @@ pub fn render_config_template() -> String {
     let t = &d.turn;
     let secret = random_secret();
     let password = random_token(18);
+    let st = &d.selftest;
     format!(
         r#"# Ember configuration, written by `ember init`. Check it with `ember check-config`.
 # Every key is shown with its default value. Each one can also be set from the environment
@@ -92,6 +93,25 @@ key = {key}
 # Address of the Prometheus endpoint (/metrics, /healthz); "" disables it.
 listen = {metrics_listen}
 
+[selftest]
+# Serve the relay self-test page (http://HOST:PORT/selftest) whenever the relay runs.
+enabled = {st_enabled}
+# HTTP listeners of the page ("IP:PORT"); [] disables plain HTTP.
+listen = {st_listen}
+# HTTPS listeners, certificate from [tls].
+# e.g. tls_listen = ["0.0.0.0:8443"]
+tls_listen = {st_tls_listen}
+# Bearer token for one-click tests: the page fetches short-lived TURN credentials with it.
+# Keep it secret (free TURN credentials make an open relay); "" disables one-click.
+token = "{st_token}"
+# Lifetime of those credentials, seconds.
+credential_ttl = {st_ttl}
+# User name part of those credentials ("<expiry>:<credential_user>").
+credential_user = {st_user}
+# TURN URLs the page offers; [] derives them from the page's host name and [turn] ports.
+# e.g. turn_urls = ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"]
+turn_urls = {st_urls}
+
 [log]
 # Log filter, e.g. "info" or "ember_turn=debug,info"; the RUST_LOG variable wins when set.
 level = {level}
@@ -118,6 +138,13 @@ format = {format}
         cert = string(&d.tls.cert),
         key = string(&d.tls.key),
         metrics_listen = string(&d.metrics.listen),
+        st_token = random_secret(),
+        st_enabled = st.enabled,
+        st_listen = list(&st.listen),
+        st_tls_listen = list(&st.tls_listen),
+        st_ttl = st.credential_ttl,
+        st_user = string(&st.credential_user),
+        st_urls = list(&st.turn_urls),
         level = string(&d.log.level),
         format = string(&d.log.format),
     )
@@ -152,6 +179,8 @@ mod tests {
         assert_eq!(cfg.turn.auth_secrets.len(), 1);
         assert_eq!(cfg.turn.auth_secrets[0].len(), 32);
         cfg.turn.auth_secrets.clear();
+        assert_eq!(cfg.selftest.token.len(), 32);
+        cfg.selftest.token.clear();
         assert_eq!(cfg, Config::default());
         assert_eq!(parse(&text).validate().unwrap(), Vec::<String>::new());
     }
@@ -169,7 +198,7 @@ mod tests {
         }
         // Every field the types know (serde lists them for an unknown key) is in the file.
         let doc: toml::Table = text.parse().unwrap();
-        for section in ["turn", "tls", "metrics", "log"] {
+        for section in ["turn", "tls", "metrics", "selftest", "log"] {
             let probe = format!("[{section}]\nno_such_key = 1\n");
             let err = Config::from_str_with_env(&probe, "probe", Vec::new()).unwrap_err();
             let msg = err.to_string();
@@ -192,6 +221,8 @@ mod tests {
             if let Some(example) = line.strip_prefix("# e.g. ") {
                 let section = if example.starts_with("cert") || example.starts_with("key") {
                     "[tls]"
+                } else if example.starts_with("turn_urls") || example.starts_with("tls_listen") {
+                    "[selftest]"
                 } else {
                     "[turn]"
                 };

@@ -18,14 +18,24 @@
 //! exits with status 255 without a summary (coturn 4.6.1; uclient never prints the STUN
 //! error code).
 //!
+//! [`CoturnServer`] runs coturn's server, `turnserver`, on 127.0.0.1 as a reference relay
+//! for Ember's own clients (e.g. `ember selftest`): UDP/TCP and TLS on ephemeral ports,
+//! a relay port range of its own, static long-term users or a TURN REST secret.
+//!
 //! The tools are required: [`require_tool`] panics when one is missing, so CI cannot pass
 //! by silently skipping these tests.
 
 use std::fs;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use ember_turn::stun::{attr, method, Class};
+
+use crate::stun_client::{build, new_tid, RawClient};
+use crate::turn_client::TestCert;
 
 /// Full path of a coturn tool from `$PATH`; panics with install instructions when absent.
 pub fn require_tool(name: &str) -> PathBuf {
@@ -136,6 +146,298 @@ fn free_udp_port(ips: &[IpAddr]) -> Option<u16> {
         .ok()?;
     drop(others);
     Some(port)
+}
+
+/// Longest wait for a started `turnserver` to answer (per attempt).
+pub const COTURN_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which credentials a [`CoturnServer`] accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoturnAuth {
+    /// Long-term credentials: `--lt-cred-mech --user=NAME:PASSWORD` for each pair.
+    Static(Vec<(String, String)>),
+    /// TURN REST: `--use-auth-secret --static-auth-secret=SECRET`.
+    Rest(String),
+}
+
+/// How [`CoturnServer::start`] configures `turnserver`; [`Default`] is the static user
+/// alice/alicepw in realm `ember.test` with TLS, like [`crate::TurnOptions::default`].
+#[derive(Debug, Clone)]
+pub struct CoturnOptions {
+    pub auth: CoturnAuth,
+    /// `--realm`.
+    pub realm: String,
+    /// A TLS listener (`--tls-listening-port`, with a fresh [`TestCert`]); else `--no-tls`.
+    pub tls: bool,
+    /// Relay port range `--min-port`/`--max-port`; `None`: a block of
+    /// [`RELAY_BLOCK`] ports from [`relay_port_block`].
+    pub relay_ports: Option<(u16, u16)>,
+    /// Extra command-line arguments, appended last.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for CoturnOptions {
+    fn default() -> Self {
+        CoturnOptions {
+            auth: CoturnAuth::Static(vec![("alice".into(), "alicepw".into())]),
+            realm: "ember.test".into(),
+            tls: true,
+            relay_ports: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Ports in each relay range handed out by [`relay_port_block`].
+pub const RELAY_BLOCK: u16 = 100;
+/// Relay ranges come from `[RELAY_FIRST, RELAY_FIRST + RELAY_BLOCKS * RELAY_BLOCK)`, below
+/// Linux's ephemeral range (32768-60999), so the kernel never hands out one of them for a
+/// port-0 bind, whoever does it.
+const RELAY_FIRST: u16 = 20000;
+const RELAY_BLOCKS: u32 = 120;
+
+/// A relay port range (min, max) for one coturn: consecutive blocks within this process,
+/// starting at a random block so that test binaries running at the same time rarely share
+/// one (coturn skips relay ports it cannot bind anyway).
+pub fn relay_port_block() -> (u16, u16) {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random::<u32>() % RELAY_BLOCKS,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let block = NEXT.fetch_add(1, Ordering::SeqCst) % RELAY_BLOCKS;
+    let min = RELAY_FIRST + block as u16 * RELAY_BLOCK;
+    (min, min + RELAY_BLOCK - 1)
+}
+
+/// A port of 127.0.0.1 free right now for TCP, and for UDP too when `udp` (bound, then
+/// released).
+fn free_port(udp: bool) -> Option<u16> {
+    let tcp = TcpListener::bind("127.0.0.1:0").ok()?;
+    let port = tcp.local_addr().ok()?.port();
+    let u = if udp {
+        Some(UdpSocket::bind(("127.0.0.1", port)).ok()?)
+    } else {
+        None
+    };
+    drop((tcp, u));
+    Some(port)
+}
+
+/// A running coturn `turnserver` on 127.0.0.1; killed on drop.
+///
+/// Everything it writes lives in its temp dir: `coturn.log` (the log, quoted in failures),
+/// `coturn.out` (stdout and stderr), the pid file, the SQLite user database and the TLS
+/// certificate.
+pub struct CoturnServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    cert: Option<TestCert>,
+    relay_ports: (u16, u16),
+    args: Vec<String>,
+}
+
+impl CoturnServer {
+    /// Starts `turnserver` with `opts` on free ports and waits until it answers a STUN
+    /// Binding over UDP (and, with TLS, accepts TCP connections on the TLS port). A start
+    /// that loses its ports to someone else is retried on new ports; panics (quoting the
+    /// log) when that keeps failing.
+    pub fn start(opts: &CoturnOptions) -> CoturnServer {
+        let bin = require_tool("turnserver");
+        let mut last = String::new();
+        for _ in 0..3 {
+            let (Some(port), Some(tls_port)) = (free_port(true), free_port(true)) else {
+                continue;
+            };
+            if port == tls_port {
+                continue;
+            }
+            let mut server = CoturnServer::spawn(&bin, opts, port, tls_port);
+            match server.wait_ready(COTURN_READY_TIMEOUT) {
+                Ok(()) => return server,
+                Err(e) => {
+                    last = format!(
+                        "{e}\n--- command line ---\nturnserver {}\n--- coturn.log ---\n{}\n--- coturn.out ---\n{}",
+                        server.args.join(" "),
+                        server.log(),
+                        fs::read_to_string(server.dir.path().join("coturn.out"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        panic!("coturn did not start: {last}");
+    }
+
+    fn spawn(bin: &Path, opts: &CoturnOptions, port: u16, tls_port: u16) -> CoturnServer {
+        let dir = tempfile::Builder::new()
+            .prefix("ember-e2e-coturn-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        let relay_ports = opts.relay_ports.unwrap_or_else(relay_port_block);
+        let mut args: Vec<String> = vec![
+            "-n".into(),
+            "--listening-ip=127.0.0.1".into(),
+            format!("--listening-port={port}"),
+            "--relay-ip=127.0.0.1".into(),
+            format!("--min-port={}", relay_ports.0),
+            format!("--max-port={}", relay_ports.1),
+            format!("--realm={}", opts.realm),
+            "--allow-loopback-peers".into(),
+            "--no-cli".into(),
+            "--no-dtls".into(),
+            format!("--log-file={}", d.join("coturn.log").display()),
+            "--simple-log".into(),
+            "--no-stdout-log".into(),
+            format!("--pidfile={}", d.join("turnserver.pid").display()),
+            format!("--userdb={}", d.join("turndb").display()),
+        ];
+        match &opts.auth {
+            CoturnAuth::Static(users) => {
+                args.push("--lt-cred-mech".into());
+                args.extend(users.iter().map(|(u, p)| format!("--user={u}:{p}")));
+            }
+            CoturnAuth::Rest(secret) => {
+                args.push("--use-auth-secret".into());
+                args.push(format!("--static-auth-secret={secret}"));
+            }
+        }
+        let cert = opts.tls.then(|| TestCert::generate(d));
+        match &cert {
+            Some(c) => args.extend([
+                format!("--tls-listening-port={tls_port}"),
+                format!("--cert={}", c.cert_path.display()),
+                format!("--pkey={}", c.key_path.display()),
+            ]),
+            None => args.push("--no-tls".into()),
+        }
+        args.extend(opts.extra_args.iter().cloned());
+        let out = fs::File::create(d.join("coturn.out")).expect("create coturn.out");
+        let err = out.try_clone().expect("dup coturn.out");
+        let child = Command::new(bin)
+            .args(&args)
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        CoturnServer {
+            child: Some(child),
+            dir,
+            addr: SocketAddr::new(localhost, port),
+            tls_addr: opts.tls.then(|| SocketAddr::new(localhost, tls_port)),
+            cert,
+            relay_ports,
+            args,
+        }
+    }
+
+    /// Waits until a STUN Binding to [`CoturnServer::addr`] is answered by coturn (its
+    /// SOFTWARE attribute says so: not some other process that took the port) and the TLS
+    /// port accepts connections. Kills the server when it is not ready in time.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        let mut client = RawClient::udp(self.addr);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!("turnserver exited: {s}"));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "not ready on {} within {timeout:?}: {last}",
+                    self.addr
+                ));
+            }
+            let req = build(method::BINDING, Class::Request, &new_tid(), &[], None);
+            match client.try_transact(&req, Duration::from_millis(250)) {
+                Ok(r) => {
+                    let software = r.get_str(attr::SOFTWARE).unwrap_or_default();
+                    if !r.is_success() || !software.to_lowercase().contains("coturn") {
+                        last = format!(
+                            "a Binding on {} was answered by {software:?}: {r:?}",
+                            self.addr
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    match self.tls_addr {
+                        None => return Ok(()),
+                        Some(t) => match TcpStream::connect_timeout(&t, Duration::from_millis(250))
+                        {
+                            Ok(_) => return Ok(()),
+                            Err(e) => last = format!("TLS port {t}: {e}"),
+                        },
+                    }
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The UDP and TCP listener (same port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The TLS listener; panics when started without TLS.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr.expect("coturn started without TLS")
+    }
+
+    /// The certificate the TLS listener serves; panics when started without TLS.
+    pub fn tls_cert(&self) -> &TestCert {
+        self.cert.as_ref().expect("coturn started without TLS")
+    }
+
+    /// The relay port range (min, max).
+    pub fn relay_ports(&self) -> (u16, u16) {
+        self.relay_ports
+    }
+
+    /// The command-line arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The server's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything coturn logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("coturn.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for CoturnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// One finished (or killed) `turnutils_uclient` run.

@@ -5,7 +5,8 @@
 //! - [`process`]: locating (or building) the `ember` binary, writing a config into a temp
 //!   dir, starting `ember turn`, reading its `ember: listening ...` lines, stopping it.
 //! - [`metrics`]: scraping and parsing its Prometheus `/metrics` endpoint, with bounded polls.
-//! - [`coturn`]: coturn's `turnutils_uclient` / `turnutils_peer` and uclient's summary output.
+//! - [`coturn`]: coturn's `turnutils_uclient` / `turnutils_peer`, uclient's summary output,
+//!   and `turnserver` itself as a reference server ([`coturn::CoturnServer`]).
 //! - [`stun_client`]: a small blocking STUN/TURN client over raw UDP/TCP sockets, built on
 //!   `ember_turn::stun`, for malformed-input and error-code tests.
 //! - [`turn_client`]: what webrtc-rs's `turn` client needs to run over TCP and TLS (a

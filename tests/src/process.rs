@@ -158,6 +158,8 @@ pub struct TurnOptions {
     pub tls: TlsMode,
     /// Extra raw TOML lines appended to the `[turn]` table.
     pub extra_turn_toml: String,
+    /// `selftest.token` (the self-test page listens on 127.0.0.1:0 over HTTP).
+    pub selftest_token: String,
 }
 
 impl Default for TurnOptions {
@@ -172,6 +174,7 @@ impl Default for TurnOptions {
             total_quota: 0,
             tls: TlsMode::TestCert,
             extra_turn_toml: String::new(),
+            selftest_token: "selftest-token-for-tests".into(),
         }
     }
 }
@@ -234,7 +237,11 @@ impl TurnOptions {
              key = {key}\n\
              \n\
              [metrics]\n\
-             listen = \"127.0.0.1:0\"\n",
+             listen = \"127.0.0.1:0\"\n\
+             \n\
+             [selftest]\n\
+             listen = [\"127.0.0.1:0\"]\n\
+             token = {selftest_token}\n",
             relay_ip = list(&self.relay_ip),
             allowed = list(&self.allowed_peers),
             realm = q(&self.realm),
@@ -245,6 +252,7 @@ impl TurnOptions {
             extra = self.extra_turn_toml,
             cert = q(&cert_path),
             key = q(&key_path),
+            selftest_token = q(&self.selftest_token),
         )
     }
 }
@@ -373,6 +381,10 @@ impl Ember {
     }
     pub fn turn_tls(&self) -> SocketAddr {
         self.addr("turn/tls")
+    }
+    /// The self-test page's HTTP listener (`http://ADDR/selftest`).
+    pub fn selftest_http(&self) -> SocketAddr {
+        self.addr("selftest/http")
     }
     pub fn metrics_addr(&self) -> SocketAddr {
         self.addr("metrics/http")

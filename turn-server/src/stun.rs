@@ -408,7 +408,8 @@ fn fingerprint_of(buf: &[u8], fp_off: usize) -> u32 {
     h.finalize() ^ FINGERPRINT_XOR
 }
 
-fn decode_xor_addr(v: &[u8], tid: &[u8]) -> Option<SocketAddr> {
+/// Decodes an XOR-*-ADDRESS value with the message's transaction id.
+pub fn decode_xor_addr(v: &[u8], tid: &[u8]) -> Option<SocketAddr> {
     if v.len() < 4 {
         return None;
     }

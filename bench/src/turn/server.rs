@@ -117,7 +117,7 @@ impl Server {
             cfg.push_str(l);
             cfg.push('\n');
         }
-        cfg.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        cfg.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[selftest]\nenabled = false\n");
         let cfg_path = tmp.path().join("ember.toml");
         std::fs::write(&cfg_path, &cfg)?;
         let log = tmp.path().join("ember.log");
