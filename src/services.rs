@@ -111,7 +111,7 @@ pub async fn start_selftest(
             p.dedup();
             p
         };
-        web.set_turn_ports(ports("udp"), ports("tls"));
+        web.set_turn_ports(ports("udp"), ports("tcp"), ports("tls"));
     }
     let server = HttpServer::bind(
         "selftest",

@@ -37,7 +37,8 @@ pub struct SelftestWeb {
     user: String,
     realm: String,
     turn_urls: Vec<String>,
-    udp_tcp_ports: Vec<u16>,
+    udp_ports: Vec<u16>,
+    tcp_ports: Vec<u16>,
     tls_ports: Vec<u16>,
     fallback_host: String,
     limiter: FailureLimiter,
@@ -83,8 +84,8 @@ impl SelftestWeb {
         if let Err(e) = registry.register(Box::new(credentials_total.clone())) {
             warn!("selftest: cannot register metrics: {e}");
         }
-        let mut udp_tcp_ports: Vec<u16> = cfg.turn.listen.iter().map(|a| a.port()).collect();
-        udp_tcp_ports.dedup();
+        let mut udp_ports: Vec<u16> = cfg.turn.listen.iter().map(|a| a.port()).collect();
+        udp_ports.dedup();
         let mut tls_ports: Vec<u16> = cfg.turn.tls_listen.iter().map(|a| a.port()).collect();
         tls_ports.dedup();
         // A concrete listening address is the best guess when a request has no usable Host.
@@ -108,7 +109,8 @@ impl SelftestWeb {
             user: st.credential_user.clone(),
             realm: cfg.turn.realm.clone(),
             turn_urls: st.turn_urls.clone(),
-            udp_tcp_ports,
+            tcp_ports: udp_ports.clone(),
+            udp_ports,
             tls_ports,
             fallback_host,
             limiter: FailureLimiter::new(TOKEN_FAILURES_PER_MINUTE),
@@ -117,8 +119,9 @@ impl SelftestWeb {
     }
 
     /// Replaces the listening ports used in derived URLs (after binding port 0).
-    pub fn set_turn_ports(&mut self, udp_tcp: Vec<u16>, tls: Vec<u16>) {
-        self.udp_tcp_ports = udp_tcp;
+    pub fn set_turn_ports(&mut self, udp: Vec<u16>, tcp: Vec<u16>, tls: Vec<u16>) {
+        self.udp_ports = udp;
+        self.tcp_ports = tcp;
         self.tls_ports = tls;
     }
 
@@ -129,8 +132,10 @@ impl SelftestWeb {
         }
         let host = host.unwrap_or(&self.fallback_host);
         let mut urls = Vec::new();
-        for port in &self.udp_tcp_ports {
+        for port in &self.udp_ports {
             urls.push(format!("turn:{host}:{port}?transport=udp"));
+        }
+        for port in &self.tcp_ports {
             urls.push(format!("turn:{host}:{port}?transport=tcp"));
         }
         for port in &self.tls_ports {
