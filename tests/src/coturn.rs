@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use ember_turn::stun::{attr, method, Class};
 
+use crate::process::wait_or_kill;
 use crate::stun_client::{build, new_tid, RawClient};
 use crate::turn_client::TestCert;
 
@@ -485,17 +486,7 @@ pub fn run_uclient(args: &[String], timeout: Duration) -> UclientRun {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let deadline = started + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let status = wait_or_kill(&mut child, deadline);
     let output = String::from_utf8_lossy(&fs::read(&out_path).unwrap_or_default()).into_owned();
     UclientRun {
         args: args.to_vec(),

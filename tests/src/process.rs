@@ -419,17 +419,7 @@ impl Ember {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(s)) => return Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => return None,
-            }
-        }
+        wait_until(self.child.as_mut()?, Instant::now() + timeout)
     }
 
     fn kill(&mut self) {
@@ -465,4 +455,26 @@ impl Drop for Ember {
             self.kill();
         }
     }
+}
+
+/// Waits for `child` to exit until `deadline` (polling); `None` if it is still running
+/// then (or cannot be waited for).
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// [`wait_until`], and past the deadline kill and reap the child (`None`).
+pub fn wait_or_kill(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    let status = wait_until(child, deadline);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }

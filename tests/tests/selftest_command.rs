@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ember_tests::coturn::{CoturnAuth, CoturnOptions, CoturnServer};
-use ember_tests::process::ember_bin;
+use ember_tests::process::{ember_bin, wait_or_kill};
 use ember_tests::{Ember, TurnOptions};
 use serde_json::Value;
 
@@ -123,17 +123,7 @@ fn selftest(args: &[String]) -> Run {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let deadline = started + RUN_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let status = wait_or_kill(&mut child, deadline);
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     Run {
         args: args.to_vec(),

@@ -23,6 +23,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use ember_tests::metrics;
+use ember_tests::process::wait_or_kill;
 use ember_tests::{Ember, TurnOptions};
 use serde_json::Value;
 
@@ -58,21 +59,12 @@ fn run_bounded(cmd: &mut Command, timeout: Duration, what: &str) -> (ExitStatus,
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{what} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    fs::read_to_string(&out_path).unwrap_or_default(),
-                    fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
+    let Some(status) = wait_or_kill(&mut child, deadline) else {
+        panic!(
+            "{what} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            fs::read_to_string(&out_path).unwrap_or_default(),
+            fs::read_to_string(&err_path).unwrap_or_default()
+        );
     };
     (
         status,
