@@ -21,8 +21,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
-    /// `[selftest]`
+    /// `[selftest]`: the relay self-test page.
     pub selftest: SelftestConfig,
+    /// `[storage]`: the object store (S3 / Qiniu dialects, bucket domains).
+    pub storage: StorageConfig,
     /// `[log]`: log filter and format.
     pub log: LogConfig,
 }
@@ -274,6 +276,102 @@ impl Default for SelftestConfig {
     }
 }
 
+/// `[storage]`: the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Run the object store under `ember up`.
+    pub enabled: bool,
+    /// HTTP listeners (S3 API, Qiniu upload/management API, bucket domains).
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners, certificates from `[tls]` (one per bucket domain, chosen by SNI).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Where objects live: "fs" (local disk under `data_dir`) or "s3" (`[storage.upstream]`).
+    pub backend: StorageBackend,
+    /// Directory of the "fs" backend.
+    pub data_dir: PathBuf,
+    /// Region clients sign for (SigV4).
+    pub region: String,
+    /// Access keys: access key -> secret key (S3 SigV4 and Qiniu AK/SK alike).
+    pub credentials: BTreeMap<String, String>,
+    /// Access keys (from `credentials`) that may only read.
+    pub read_only_keys: Vec<String>,
+    /// Host-name suffixes for virtual-host-style S3 requests: with "s3.example.com",
+    /// `media.s3.example.com` addresses bucket `media`.
+    pub s3_domains: Vec<String>,
+    /// Download domains, domain -> bucket: `GET https://media.example.com/<key>`.
+    pub bucket_domains: BTreeMap<String, String>,
+    /// Buckets anyone may read without a signature.
+    pub public_buckets: Vec<String>,
+    /// Largest object accepted, bytes.
+    pub max_object_size: u64,
+    /// Buckets created at start when missing.
+    pub buckets: Vec<String>,
+    /// `[storage.upstream]`: the S3/MinIO server behind the "s3" backend.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[storage] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Local disk.
+    Fs,
+    /// An upstream S3-compatible server.
+    S3,
+}
+
+impl fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageBackend::Fs => "fs",
+            StorageBackend::S3 => "s3",
+        })
+    }
+}
+
+/// `[storage.upstream]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// e.g. "https://minio.internal:9000".
+    pub endpoint: String,
+    /// Region to sign for upstream.
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Path-style requests (MinIO usually needs it).
+    pub path_style: bool,
+}
+
+/// S3's largest single PUT.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            enabled: true,
+            listen: vec!["0.0.0.0:9000".parse().unwrap()],
+            tls_listen: Vec::new(),
+            backend: StorageBackend::Fs,
+            data_dir: PathBuf::from("ember-data/storage"),
+            region: "us-east-1".into(),
+            credentials: BTreeMap::new(),
+            read_only_keys: Vec::new(),
+            s3_domains: Vec::new(),
+            bucket_domains: BTreeMap::new(),
+            public_buckets: Vec::new(),
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            buckets: Vec::new(),
+            upstream: UpstreamConfig {
+                path_style: true,
+                region: "us-east-1".into(),
+                ..UpstreamConfig::default()
+            },
+        }
+    }
+}
+
 /// Longest lifetime of self-test credentials: they are for a test, not for calls.
 pub const MAX_SELFTEST_CREDENTIAL_TTL: u32 = 86_400;
 
@@ -466,6 +564,7 @@ impl Config {
         if let Err(e) = self.metrics.listen_addr() {
             error("metrics.listen", e);
         }
+        self.storage.validate(&mut error, &mut warnings);
         let st = &self.selftest;
         if st.credential_ttl == 0 || st.credential_ttl > MAX_SELFTEST_CREDENTIAL_TTL {
             error(
@@ -520,6 +619,96 @@ impl Config {
         } else {
             Err(ConfigError::Validation(errors))
         }
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self, error: &mut impl FnMut(&str, String), warnings: &mut Vec<String>) {
+        if self.enabled && self.listen.is_empty() && self.tls_listen.is_empty() {
+            error(
+                "storage.listen",
+                "no listener: set storage.listen and/or storage.tls_listen, or storage.enabled = false"
+                    .into(),
+            );
+        }
+        if self.region.is_empty() {
+            error("storage.region", "must not be empty".into());
+        }
+        for (ak, sk) in &self.credentials {
+            if ak.is_empty() || sk.is_empty() || ak.contains(':') || ak.contains('/') {
+                error(
+                    &format!("storage.credentials.{ak}"),
+                    "access and secret keys must be non-empty; access keys contain no ':' or '/'"
+                        .into(),
+                );
+            } else if sk.len() < 16 {
+                warnings.push(format!(
+                    "storage.credentials.{ak}: secret key shorter than 16 characters"
+                ));
+            }
+        }
+        for ak in &self.read_only_keys {
+            if !self.credentials.contains_key(ak) {
+                error(
+                    "storage.read_only_keys",
+                    format!("{ak:?} is not in storage.credentials"),
+                );
+            }
+        }
+        let names = self
+            .buckets
+            .iter()
+            .map(|b| ("storage.buckets", b))
+            .chain(
+                self.public_buckets
+                    .iter()
+                    .map(|b| ("storage.public_buckets", b)),
+            )
+            .chain(
+                self.bucket_domains
+                    .values()
+                    .map(|b| ("storage.bucket_domains", b)),
+            );
+        for (key, name) in names {
+            if let Err(why) = bucket_name_problem(name) {
+                error(key, format!("bucket {name:?}: {why}"));
+            }
+        }
+        if self.max_object_size == 0 {
+            error("storage.max_object_size", "must be at least 1 byte".into());
+        }
+        if self.backend == StorageBackend::S3 && self.upstream.endpoint.is_empty() {
+            error(
+                "storage.upstream.endpoint",
+                "backend = \"s3\" needs the upstream server's URL".into(),
+            );
+        }
+        if self.enabled && self.credentials.is_empty() {
+            warnings.push(
+                "storage: no credentials, only public buckets can be read and nothing written"
+                    .into(),
+            );
+        }
+    }
+}
+
+/// S3's bucket naming rules (3-63 of a-z 0-9 . -, letter or digit at both ends).
+pub fn bucket_name_problem(name: &str) -> Result<(), &'static str> {
+    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    if !(3..=63).contains(&bytes.len()) {
+        Err("must be 3 to 63 characters long")
+    } else if !bytes.iter().all(|&b| ok_char(b)) {
+        Err("only lowercase letters, digits, '-' and '.'")
+    } else if !edge(bytes[0]) || !edge(bytes[bytes.len() - 1]) {
+        Err("must start and end with a letter or digit")
+    } else if name.contains("..") || name.contains(".-") || name.contains("-.") {
+        Err("no \"..\", \".-\" or \"-.\"")
+    } else if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        Err("must not look like an IP address")
+    } else {
+        Ok(())
     }
 }
 
@@ -970,9 +1159,44 @@ mod tests {
     }
 
     #[test]
+    fn validate_storage() {
+        let mut cfg = Config::default();
+        cfg.turn.auth_secrets = vec!["0123456789abcdef0123".into()];
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.iter().any(|w| w.starts_with("storage: no credentials")),
+            "{w:?}"
+        );
+        cfg.storage
+            .credentials
+            .insert("AK".into(), "0123456789abcdef0123".into());
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+
+        cfg.storage.buckets = vec!["Bad_Name".into()];
+        cfg.storage
+            .bucket_domains
+            .insert("media.example.com".into(), "ok-bucket".into());
+        cfg.storage.read_only_keys = vec!["nope".into()];
+        cfg.storage.backend = StorageBackend::S3;
+        let Err(ConfigError::Validation(p)) = cfg.validate() else {
+            panic!("expected problems")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "storage.read_only_keys",
+                "storage.buckets",
+                "storage.upstream.endpoint"
+            ]
+        );
+    }
+
+    #[test]
     fn validate_relay_port_range() {
         let mut cfg = Config::default();
         cfg.turn.auth_secrets = vec!["0123456789abcdef0123".into()];
+        cfg.storage.enabled = false;
         assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
 
         cfg.turn.relay_ports = PortRange {

@@ -14,6 +14,16 @@ pub fn random_secret() -> String {
     random_token(24)
 }
 
+/// A random access key in the usual shape: 20 upper-case letters and digits.
+pub fn random_access_key() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut buf = [0u8; 20];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter()
+        .map(|b| CHARS[usize::from(b % 32)] as char)
+        .collect()
+}
+
 /// `bytes` random bytes from the OS-seeded thread RNG, base64url without padding.
 pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -112,6 +122,52 @@ credential_user = {st_user}
 # e.g. turn_urls = ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"]
 turn_urls = {st_urls}
 
+[storage]
+# Run the object store (S3 and Qiniu APIs, bucket download domains) under `ember up`.
+enabled = {sg_enabled}
+# HTTP listeners; 9000 is the usual S3/MinIO port.
+listen = {sg_listen}
+# HTTPS listeners, certificate from [tls].
+# e.g. tls_listen = ["0.0.0.0:443"]
+tls_listen = {sg_tls_listen}
+# Where objects live: "fs" (local disk, data_dir) or "s3" (the [storage.upstream] server).
+backend = {sg_backend}
+# Directory of the "fs" backend (relative paths are relative to the working directory).
+data_dir = {sg_data_dir}
+# Region S3 clients sign for.
+region = {sg_region}
+# Access key -> secret key, for S3 (SigV4) and Qiniu (AK/SK) clients alike.
+credentials = {{ {sg_ak} = "{sg_sk}" }}
+# Access keys that may only read.
+read_only_keys = {sg_ro}
+# Host-name suffixes for virtual-host-style S3: "media.s3.example.com" is bucket "media".
+# e.g. s3_domains = ["s3.example.com"]
+s3_domains = {sg_s3_domains}
+# Download domains, domain -> bucket: GET https://media.example.com/<key> serves "media".
+# e.g. bucket_domains = {{ "media.example.com" = "media" }}
+bucket_domains = {{}}
+# Buckets anyone may read without a signature.
+# e.g. public_buckets = ["media"]
+public_buckets = {sg_public}
+# Largest object accepted, bytes (S3's single-PUT limit is 5 GiB).
+max_object_size = {sg_max}
+# Buckets created at start when missing.
+# e.g. buckets = ["media", "files"]
+buckets = {sg_buckets}
+
+[storage.upstream]
+# The S3/MinIO server behind backend = "s3".
+# e.g. endpoint = "https://minio.internal:9000"
+endpoint = {up_endpoint}
+# Region to sign for upstream.
+region = {up_region}
+# Access key for the upstream server.
+access_key = {up_ak}
+# Secret key for the upstream server.
+secret_key = {up_sk}
+# Path-style requests (MinIO usually needs them).
+path_style = {up_path_style}
+
 [log]
 # Log filter, e.g. "info" or "ember_turn=debug,info"; the RUST_LOG variable wins when set.
 level = {level}
@@ -139,6 +195,24 @@ format = {format}
         key = string(&d.tls.key),
         metrics_listen = string(&d.metrics.listen),
         st_token = random_secret(),
+        sg_enabled = d.storage.enabled,
+        sg_listen = list(&d.storage.listen),
+        sg_tls_listen = list(&d.storage.tls_listen),
+        sg_backend = string(&d.storage.backend),
+        sg_data_dir = string(&d.storage.data_dir.display()),
+        sg_region = string(&d.storage.region),
+        sg_ak = random_access_key(),
+        sg_sk = random_token(30),
+        sg_ro = list(&d.storage.read_only_keys),
+        sg_s3_domains = list(&d.storage.s3_domains),
+        sg_public = list(&d.storage.public_buckets),
+        sg_max = d.storage.max_object_size,
+        sg_buckets = list(&d.storage.buckets),
+        up_endpoint = string(&d.storage.upstream.endpoint),
+        up_region = string(&d.storage.upstream.region),
+        up_ak = string(&d.storage.upstream.access_key),
+        up_sk = string(&d.storage.upstream.secret_key),
+        up_path_style = d.storage.upstream.path_style,
         st_enabled = st.enabled,
         st_listen = list(&st.listen),
         st_tls_listen = list(&st.tls_listen),
@@ -181,6 +255,10 @@ mod tests {
         cfg.turn.auth_secrets.clear();
         assert_eq!(cfg.selftest.token.len(), 32);
         cfg.selftest.token.clear();
+        assert_eq!(cfg.storage.credentials.len(), 1);
+        let (ak, sk) = cfg.storage.credentials.iter().next().unwrap();
+        assert_eq!((ak.len(), sk.len()), (20, 40));
+        cfg.storage.credentials.clear();
         assert_eq!(cfg, Config::default());
         assert_eq!(parse(&text).validate().unwrap(), Vec::<String>::new());
     }
@@ -198,7 +276,7 @@ mod tests {
         }
         // Every field the types know (serde lists them for an unknown key) is in the file.
         let doc: toml::Table = text.parse().unwrap();
-        for section in ["turn", "tls", "metrics", "selftest", "log"] {
+        for section in ["turn", "tls", "metrics", "selftest", "storage", "log"] {
             let probe = format!("[{section}]\nno_such_key = 1\n");
             let err = Config::from_str_with_env(&probe, "probe", Vec::new()).unwrap_err();
             let msg = err.to_string();
@@ -217,15 +295,11 @@ mod tests {
     #[test]
     fn commented_examples_are_valid() {
         let text = render_config_template();
+        let mut section = "";
         for line in text.lines() {
-            if let Some(example) = line.strip_prefix("# e.g. ") {
-                let section = if example.starts_with("cert") || example.starts_with("key") {
-                    "[tls]"
-                } else if example.starts_with("turn_urls") || example.starts_with("tls_listen") {
-                    "[selftest]"
-                } else {
-                    "[turn]"
-                };
+            if line.starts_with('[') {
+                section = line;
+            } else if let Some(example) = line.strip_prefix("# e.g. ") {
                 parse(&format!("{section}\n{example}\n"));
             }
         }
