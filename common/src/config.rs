@@ -338,7 +338,9 @@ pub struct UpstreamConfig {
     pub endpoint: String,
     /// Region to sign for upstream.
     pub region: String,
+    /// Access key for the upstream server.
     pub access_key: String,
+    /// Secret key for the upstream server.
     pub secret_key: String,
     /// Path-style requests (MinIO usually needs it).
     pub path_style: bool,
