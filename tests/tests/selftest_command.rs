@@ -532,6 +532,16 @@ fn denied_loopback_peer_fails_data_with_allowed_peers_hint() {
     report.assert_result_mentions("data.udp", "403");
     report.assert_hint_mentions("data.udp", "turn.allowed_peers");
     run.assert_code(1);
+    // The relay says so in its log too (once a minute at most, at its next metrics flush).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ember.log().contains("refused a peer address by policy") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line about the refused peer:\n{}",
+            ember.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

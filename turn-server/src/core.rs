@@ -143,6 +143,8 @@ pub struct Stats {
     pub auth_throttled: u64,
     pub quota_rejections: u64,
     pub denied_peers: u64,
+    /// The last peer address denied since the previous flush (for the log line).
+    pub last_denied_peer: Option<std::net::IpAddr>,
     pub permissions_created: u64,
     pub channels_bound: u64,
     pub dropped_no_permission: u64,
@@ -503,6 +505,7 @@ impl Core {
         let peer = canonical_addr(peer);
         if !self.shared.policy.permits_addr(peer) {
             self.stats.denied_peers += 1;
+            self.stats.last_denied_peer = Some(peer.ip());
             return ClientAction::None;
         }
         let rate = self.shared.bandwidth_limit;
@@ -1035,6 +1038,7 @@ impl Core {
             }
             if !self.shared.policy.permits(p.ip()) {
                 self.stats.denied_peers += 1;
+                self.stats.last_denied_peer = Some(p.ip());
                 return Err((403, "Forbidden: peer address not allowed"));
             }
             if n == peers.len() {
@@ -1081,6 +1085,7 @@ impl Core {
         }
         if !self.shared.policy.permits_addr(peer) {
             self.stats.denied_peers += 1;
+            self.stats.last_denied_peer = Some(peer.ip());
             return Err((403, "Forbidden: peer address not allowed"));
         }
         // The channel must be free or bound to this peer, and the peer bound to no other

@@ -5,9 +5,13 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use crate::core::{Gauges, Stats, Transport};
 
+/// Shortest time between two "peer refused" log lines.
+const DENIED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Registered metric handles, shared by every worker.
 #[derive(Clone)]
 pub struct TurnMetrics {
+    denied_logged: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     allocations: IntGaugeVec,
     created: IntCounterVec,
     expired: IntCounterVec,
@@ -46,6 +50,7 @@ impl TurnMetrics {
         };
         let c = |name: &str, help: &str| reg(r, IntCounter::new(name, help)?);
         Ok(TurnMetrics {
+            denied_logged: Default::default(),
             allocations: reg(
                 r,
                 IntGaugeVec::new(
@@ -140,6 +145,9 @@ impl TurnMetrics {
         self.auth_throttled.inc_by(s.auth_throttled);
         self.quota_rejections.inc_by(s.quota_rejections);
         self.denied_peers.inc_by(s.denied_peers);
+        if let Some(ip) = s.last_denied_peer {
+            self.log_denied_peer(ip);
+        }
         self.permissions_created.inc_by(s.permissions_created);
         self.channels_bound.inc_by(s.channels_bound);
         self.dropped
@@ -150,6 +158,23 @@ impl TurnMetrics {
             .inc_by(s.dropped_bandwidth);
         self.malformed.inc_by(s.malformed);
         self.errors_sent.inc_by(s.stun_errors_sent);
+    }
+
+    /// Says, at most once a minute, that peers were refused: a 403 to CreatePermission
+    /// leaves WebRTC users with only "ICE failed", so ops need a trace in the log.
+    fn log_denied_peer(&self, ip: std::net::IpAddr) {
+        let now = std::time::Instant::now();
+        let mut last = self.denied_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < DENIED_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        tracing::info!(
+            peer = %ip,
+            "turn: refused a peer address by policy (403; private, loopback and reserved \
+             ranges are denied unless turn.allowed_peers lists them); \
+             ember_turn_denied_peer_total counts them, this line repeats at most once a minute"
+        );
     }
 
     /// Applies the change of one worker's gauges (`now - before`).
