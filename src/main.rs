@@ -57,6 +57,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run only the object store (S3 and Qiniu APIs, bucket domains) and the metrics endpoint.
+    Storage {
+        /// Config file (TOML); keys can be overridden by EMBER_<SECTION>__<KEY> variables.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run only the STUN/TURN relay (and the metrics endpoint).
     Turn {
         /// Config file (TOML); keys can be overridden by EMBER_<SECTION>__<KEY> variables.
@@ -82,6 +88,8 @@ enum Scope {
     All,
     /// `ember turn`: the relay, enabled or not.
     Turn,
+    /// `ember storage`: the object store, enabled or not.
+    Storage,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Up { config } => serve(config, Scope::All),
         Command::Turn { config } => serve(config, Scope::Turn),
+        Command::Storage { config } => serve(config, Scope::Storage),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,7 +178,8 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
 /// `ember up` and `ember turn`.
 fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
     let mut cfg = load(path.as_deref())?;
-    let run_turn = scope == Scope::Turn || cfg.turn.enabled;
+    let run_turn = scope == Scope::Turn || (scope == Scope::All && cfg.turn.enabled);
+    let run_storage = scope == Scope::Storage || (scope == Scope::All && cfg.storage.enabled);
     let dev = path.is_none();
     // Built-in defaults have no credentials: make one up for this run, so the relay is
     // usable right away (and validation does not complain about it).
@@ -187,13 +197,26 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
     if let Some(t) = &dev_token {
         cfg.selftest.token = t.clone();
     }
+    // Likewise an access key for the object store.
+    let dev_storage_key = (dev && run_storage && cfg.storage.credentials.is_empty()).then(|| {
+        (
+            ember_common::template::random_access_key(),
+            ember_common::template::random_token(30),
+        )
+    });
+    if let Some((ak, sk)) = &dev_storage_key {
+        cfg.storage.credentials.insert(ak.clone(), sk.clone());
+    }
+    if !cfg.storage.enabled && scope == Scope::Storage {
+        cfg.storage.enabled = true;
+    }
     let warnings = cfg
         .validate()
         .with_context(|| source_name(path.as_deref()))?;
-    if !run_turn {
+    if !run_turn && !run_storage {
         return Err(anyhow::Error::new(ConfigError::Validation(vec![
             ember_common::config::Problem {
-                key: "turn.enabled".into(),
+                key: "turn.enabled, storage.enabled".into(),
                 message: "every service is disabled, nothing to run".into(),
             },
         ])));
@@ -231,7 +254,15 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(run(cfg, run_turn))
+    if let Some((ak, sk)) = &dev_storage_key {
+        let port = cfg.storage.listen.first().map_or(9000, |a| a.port());
+        println!(
+            "ember: ephemeral storage access key (dev only, valid for this run): {ak} / {sk}\n\
+             ember:   AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} aws --endpoint-url http://127.0.0.1:{port} s3 ls"
+        );
+        flush();
+    }
+    runtime.block_on(run(cfg, run_turn, run_storage))
 }
 
 fn print_dev_secret(secret: &str, realm: &str) {
@@ -252,7 +283,7 @@ fn flush() {
 
 /// Starts the services, announces their sockets, and waits for a signal (or a service
 /// that stops on its own), then shuts everything down within [`SHUTDOWN_GRACE`].
-async fn run(cfg: Config, run_turn: bool) -> anyhow::Result<()> {
+async fn run(cfg: Config, run_turn: bool, run_storage: bool) -> anyhow::Result<()> {
     let shutdown = shutdown::shutdown_token();
     // Own SIGHUP for the whole run, so that it never kills the process: TLS certificates
     // reload on it (ember_common::tls), nothing else does yet.
@@ -269,7 +300,7 @@ async fn run(cfg: Config, run_turn: bool) -> anyhow::Result<()> {
 
     let mut started: Vec<Service> = Vec::new();
     let result = async {
-        let tls = services::tls_provider(&cfg, run_turn, &shutdown).await?;
+        let tls = services::tls_provider(&cfg, run_turn, run_storage, &shutdown).await?;
         if run_turn {
             started.push(services::start_turn(&cfg, tls.as_ref(), &shutdown).await?);
             let turn = started.last();
@@ -279,6 +310,9 @@ async fn run(cfg: Config, run_turn: bool) -> anyhow::Result<()> {
             {
                 started.push(s);
             }
+        }
+        if run_storage {
+            started.push(services::start_storage(&cfg, tls.as_ref(), &shutdown).await?);
         }
         if let Some(m) = services::start_metrics(&cfg, &shutdown).await? {
             started.push(m);

@@ -45,9 +45,13 @@ pub const DEV_PORT_SUBSTITUTES: &[PortSubstitute] = &[];
 pub async fn tls_provider(
     cfg: &Config,
     run_turn: bool,
+    run_storage: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<TlsProvider>> {
     let mut users = Vec::new();
+    if run_storage && !cfg.storage.tls_listen.is_empty() {
+        users.push("storage.tls_listen");
+    }
     if run_turn && !cfg.turn.tls_listen.is_empty() {
         users.push("turn.tls_listen");
     }
@@ -125,6 +129,32 @@ pub async fn start_selftest(
         listening: server.local_addrs(),
         stopped: Box::pin(server.run(router(web), shutdown.clone())),
     }))
+}
+
+/// The object store on `storage.listen` / `storage.tls_listen`.
+pub async fn start_storage(
+    cfg: &Config,
+    tls: Option<&TlsProvider>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Service> {
+    let st = &cfg.storage;
+    let backend = ember_storage::server::open_backend(st)
+        .await
+        .context("cannot start the object store")?;
+    let server = HttpServer::bind(
+        "storage",
+        &st.listen,
+        &st.tls_listen,
+        tls.filter(|_| !st.tls_listen.is_empty())
+            .map(TlsProvider::server_config),
+    )
+    .await?;
+    let router = ember_storage::server::router(backend, st);
+    Ok(Service {
+        name: "storage",
+        listening: server.local_addrs(),
+        stopped: Box::pin(server.run(router, shutdown.clone())),
+    })
 }
 
 /// The Prometheus endpoint, unless `metrics.listen` is empty.

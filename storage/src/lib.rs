@@ -1,14 +1,18 @@
 //! Ember's object store (S3/MinIO- and Qiniu-compatible gateway on https bucket domains).
 //!
-//! The authentication layers (`s3`, `qiniu`, `time`) are socket-free: pure functions and
-//! sans-IO state machines over bytes that the HTTP server calls. Every input is treated as
-//! hostile (no panics, bounded memory) and every error maps to the dialect's own error code.
-//! `backend` is where objects live (see its module documentation).
+//! `server` is the entry point: it opens the backend and routes each request to a bucket
+//! download domain (`domains`), the Qiniu API (`qiniu::api`) or the S3 API (`s3::api`), all
+//! over one `backend::Backend`. The authentication layers (`s3::sigv4`, `s3::chunked`,
+//! `qiniu::token`, `time`) are socket-free: pure functions and sans-IO state machines over
+//! bytes. Every input is treated as hostile (no panics, bounded memory) and every error maps
+//! to the dialect's own error code.
 //!
 //! ```text
 //! storage/src/
 //!   lib.rs           this overview
-//!   backend/         the Backend trait and its implementations
+//!   server.rs        backend selection, bucket creation, per-request dialect dispatch
+//!   domains.rs       GET/HEAD on bucket download domains (public or signed)
+//!   backend/         the Backend trait; memory.rs (reference model), fs.rs (local disk)
 //!   time.rs          UTC calendar maths, ISO 8601 basic and HTTP dates
 //!   s3/              the S3 dialect
 //!     sigv4.rs       SigV4 verification (Authorization header, presigned URLs), canonical
@@ -18,6 +22,8 @@
 //!     chunked/tests.rs
 //!     checksum.rs    x-amz-checksum-* (CRC32, CRC32C, CRC64NVME, SHA1, SHA256)
 //!     error.rs       AuthError: S3 error code, HTTP status, S3's message
+//!     api.rs, api/   the S3 HTTP API (axum): addressing, auth, streaming verified bodies
+//!     xml.rs         S3's XML documents
 //!   qiniu/           the Qiniu (Kodo) dialect
 //!     token.rs       upload tokens + put policy, private download URLs, QBox / Qiniu
 //!                    management signatures
@@ -25,9 +31,13 @@
 //!     etag.rs        qetag, incremental
 //!     magic.rs       returnBody / saveKey variables
 //!     error.rs       QiniuError: Qiniu HTTP code and error text
+//!     api/           the Qiniu HTTP API: form.rs, v1.rs, v2.rs (resumable), manage.rs,
+//!                    staging.rs (resumable blocks/parts on disk)
 //! ```
 
 pub mod backend;
+pub mod domains;
 pub mod qiniu;
 pub mod s3;
+pub mod server;
 pub mod time;

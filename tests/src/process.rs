@@ -283,6 +283,46 @@ impl Ember {
         )
     }
 
+    /// Starts `ember storage` with `storage_toml` (the body of its `[storage]` table;
+    /// `data_dir` defaults to `data` in the temp dir) and waits until it is ready.
+    pub fn start_storage(storage_toml: &str) -> Ember {
+        let dir = tempfile::Builder::new()
+            .prefix("ember-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let config = dir.path().join("ember.toml");
+        let data = dir.path().join("data");
+        let text = format!(
+            "[storage]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = {}\n{storage_toml}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+            q(&data.display().to_string())
+        );
+        fs::write(&config, text).expect("write config");
+        Ember::spawn(
+            dir,
+            None,
+            &["storage".as_ref(), "--config".as_ref(), config.as_os_str()],
+        )
+    }
+
+    /// SIGKILLs the process (no cleanup, as in a crash) and starts it again with the same
+    /// arguments, config and data; waits until it is ready.
+    pub fn kill9_and_restart(self, args: &[&str]) -> Ember {
+        let mut this = self;
+        this.kill();
+        let dir = std::mem::replace(
+            &mut this.dir,
+            tempfile::Builder::new()
+                .prefix("ember-e2e-moved-")
+                .tempdir()
+                .expect("temp dir"),
+        );
+        let config = dir.path().join("ember.toml");
+        let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        argv.extend(["--config".as_ref(), config.as_os_str()]);
+        Ember::spawn(dir, this.cert.take(), &argv)
+    }
+
     fn spawn(dir: tempfile::TempDir, cert: Option<TestCert>, args: &[&std::ffi::OsStr]) -> Ember {
         let bin = ember_bin();
         let log = fs::File::create(dir.path().join("ember.log")).expect("create log file");

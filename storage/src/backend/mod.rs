@@ -7,6 +7,7 @@
 //! them; every backend returns the same [`StorageError`]s, which the front ends map to their
 //! dialect's error codes.
 
+pub mod fs;
 pub mod memory;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,8 @@
-//! The Qiniu (Kodo) dialect's authentication, socket-free.
+//! The Qiniu (Kodo) dialect: authentication (socket-free) and the HTTP API.
 //!
+//! - [`api`]: the upload host (form upload, resumable v1 and v2) and the management API
+//!   (stat, delete, list, move, copy) over a backend, as an axum router, plus the download
+//!   authorization the bucket-domain layer calls.
 //! - [`token`]: upload tokens and their put policy, private download URLs, and management
 //!   request signing (`QBox` and `Qiniu` with `X-Qiniu-Date`).
 //! - [`etag`]: the qetag content hash (`hash` in upload responses), incremental.
@@ -9,6 +12,7 @@
 //! Qiniu's "URL-safe base64" is RFC 4648 base64url *with* padding; decoding here also accepts
 //! unpadded input.
 
+pub mod api;
 pub mod error;
 pub mod etag;
 pub mod magic;
