@@ -63,7 +63,10 @@ impl Domains {
         let raw_path = req.uri().path().to_owned();
         let raw_query = req.uri().query().unwrap_or("").to_owned();
         let Some(key) = percent_decode(raw_path.trim_start_matches('/')) else {
-            return plain(StatusCode::BAD_REQUEST, "bad percent-encoding in the path\n");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "bad percent-encoding in the path\n",
+            );
         };
         if key.is_empty() {
             return plain(StatusCode::NOT_FOUND, "no such file\n");
@@ -114,7 +117,11 @@ impl Domains {
             RangeSpec::Partial(r) => Some(r),
             RangeSpec::Unsatisfiable => {
                 let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                set(r.headers_mut(), CONTENT_RANGE, &format!("bytes */{}", meta.size));
+                set(
+                    r.headers_mut(),
+                    CONTENT_RANGE,
+                    &format!("bytes */{}", meta.size),
+                );
                 return r;
             }
         };
