@@ -2,10 +2,10 @@
 //!
 //! `server` is the entry point: it opens the backend and routes each request to a bucket
 //! download domain (`domains`), the Qiniu API (`qiniu::api`) or the S3 API (`s3::api`), all
-//! over one `backend::Backend`. The authentication layers (`s3::sigv4`, `s3::chunked`,
-//! `qiniu::token`, `time`) are socket-free: pure functions and sans-IO state machines over
-//! bytes. Every input is treated as hostile (no panics, bounded memory) and every error maps
-//! to the dialect's own error code.
+//! over one `backend::Backend`. The authentication layers (`s3::sigv4`, `s3::sigv2`,
+//! `s3::chunked`, `qiniu::token`, `time`) are socket-free: pure functions and sans-IO state
+//! machines over bytes. Every input is treated as hostile (no panics, bounded memory) and every
+//! error maps to the dialect's own error code.
 //!
 //! ```text
 //! storage/src/
@@ -18,11 +18,14 @@
 //!     sigv4.rs       SigV4 verification (Authorization header, presigned URLs), canonical
 //!                    request, signer and presign_url
 //!     sigv4/tests.rs AWS's published SigV4 examples, malformed input, round trips
+//!     sigv2.rs       SigV2 verification (Authorization: AWS, AWSAccessKeyId/Signature/Expires
+//!                    query auth), string to sign, signer and presign_url
+//!     sigv2/tests.rs AWS's published SigV2 examples, malformed input, round trips
 //!     chunked.rs     aws-chunked bodies: chunk-signature chain, incremental decoder, encoder
 //!     chunked/tests.rs
 //!     checksum.rs    x-amz-checksum-* (CRC32, CRC32C, CRC64NVME, SHA1, SHA256)
 //!     error.rs       AuthError: S3 error code, HTTP status, S3's message
-//!     api.rs, api/   the S3 HTTP API (axum): addressing, auth, streaming verified bodies
+//!     api.rs, api/   the S3 HTTP API (axum): addressing, auth, CORS, streaming verified bodies
 //!     xml.rs         S3's XML documents
 //!   qiniu/           the Qiniu (Kodo) dialect
 //!     token.rs       upload tokens + put policy, private download URLs, QBox / Qiniu

@@ -1,13 +1,17 @@
 //! The S3 HTTP API as an axum [`Router`]: addressing (path-style and virtual-host-style),
-//! SigV4 authentication and permissions on every request, streaming bodies verified on the
-//! fly, and the S3 operations on top of a [`Backend`].
+//! SigV4 or SigV2 authentication and permissions on every request, CORS, streaming bodies
+//! verified on the fly, and the S3 operations on top of a [`Backend`].
 //!
 //! [`router`] returns a fallback-style router that answers every path, so a caller can put
 //! other routes (Qiniu, bucket domains) in front of it by `Host`.
 //!
 //! Request flow: [`Addressing`] splits the request into bucket and key (percent-decoded once,
 //! so `//`, spaces, `+` and unicode in keys survive), [`sigv4::verify_request`] authenticates
-//! it (anonymous requests are allowed only for reads of public buckets), the operation is
+//! it, or [`sigv2::verify_request`] when it carries `Authorization: AWS ...` or
+//! `AWSAccessKeyId`/`Signature` query parameters (SigV2 signs no payload: its bodies are
+//! trusted as sent, `Content-MD5` and `x-amz-checksum-*` still checked; the signed `x-amz-*`,
+//! `Content-Type` and `Content-MD5` values of a SigV2 presigned URL's query apply as headers).
+//! Anonymous requests are allowed only for reads of public buckets. The operation is
 //! chosen from method, bucket, key and sub-resource ([`Op`]), and the access key's
 //! [`Access`] is checked. Upload bodies are adapted into the backend's
 //! [`ByteStream`](crate::backend::ByteStream) by [`VerifyingBody`], which decodes aws-chunked
@@ -18,6 +22,13 @@
 //!
 //! Every response carries `x-amz-request-id`; every error is S3's XML error document with
 //! S3's code and status ([`S3Error`]).
+//!
+//! CORS: an `OPTIONS` preflight (`Origin` + `Access-Control-Request-Method`) is answered for
+//! any bucket and key without authentication (any origin, the S3 methods, the requested
+//! headers, max age 3600), and every response to a request with `Origin` carries
+//! `Access-Control-Allow-Origin` (the origin, echoed) and `Access-Control-Expose-Headers`
+//! (`ETag`, `x-amz-request-id`, `x-amz-version-id`), so browser apps can use presigned URLs.
+//! The signature still authorizes every real request; no credentials mode is offered.
 //!
 //! Submodules: `request` (addressing, operation, query, ranges, preconditions, HTTP dates:
 //! pure and re-exported here for the bucket-domain front end), `body` ([`VerifyingBody`]),
@@ -42,9 +53,10 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 
 use super::checksum::ChecksumAlgorithm;
+use super::sigv2;
 use super::sigv4::{
-    self, Authenticated, Credential, PayloadHashCheck, PayloadMode, RequestView, Verified,
-    VerifyConfig,
+    self, AuthMethod, Authenticated, Credential, PayloadHashCheck, PayloadMode, RequestView,
+    Verified, VerifyConfig,
 };
 use super::xml::{self, DeleteError, ListObjectsResult, ListVersion, Owner};
 use crate::backend::{
@@ -372,6 +384,22 @@ fn too_big_xml() -> S3Error {
     )
 }
 
+/// `headers` plus the stand-ins of a SigV2 presigned URL (names absent from `headers` only).
+fn with_query_headers(headers: &HeaderMap, extra: Vec<(String, Vec<u8>)>) -> HeaderMap {
+    let mut merged = headers.clone();
+    for (name, value) in extra {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            if !merged.contains_key(&n) {
+                merged.insert(n, v);
+            }
+        }
+    }
+    merged
+}
+
 fn header_list(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
     headers
         .iter()
@@ -464,7 +492,12 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     let head = parts.method == Method::HEAD;
     let raw_path = parts.uri.path();
     let resource = String::from_utf8_lossy(&sigv4::percent_decode(raw_path, false)).into_owned();
-    let mut response = match serve(&st, &parts, body).await {
+    let result = if parts.method == Method::OPTIONS {
+        cors_preflight(&parts.headers)
+    } else {
+        serve(&st, &parts, body).await
+    };
+    let mut response = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(
@@ -484,7 +517,84 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     }
     h.entry(header::SERVER)
         .or_insert(HeaderValue::from_static("Ember"));
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+            );
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
     response
+}
+
+// ---------------------------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------------------------
+
+/// Methods a preflight may ask for.
+const CORS_ALLOW_METHODS: &str = "GET, PUT, POST, HEAD, DELETE";
+/// Response headers browser code may read.
+const CORS_EXPOSE_HEADERS: &str = "ETag, x-amz-request-id, x-amz-version-id";
+/// How long browsers may cache a preflight, in seconds.
+const CORS_MAX_AGE: &str = "3600";
+
+/// Answers an `OPTIONS` preflight for any bucket and key, without authentication: every
+/// origin may send the S3 methods with any headers. This only lets the browser send the
+/// request; the request's own signature (or a public bucket) still decides what it may do.
+/// As S3: no `Origin` is `400 BadRequest`, a method other than those is `403`.
+fn cors_preflight(headers: &HeaderMap) -> S3Result<Response> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Insufficient information. Origin request header needed.",
+        ));
+    };
+    let Some(method) = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) else {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Invalid Access-Control-Request-Method: null",
+        ));
+    };
+    if !CORS_ALLOW_METHODS
+        .split(", ")
+        .any(|m| method.as_bytes() == m.as_bytes())
+    {
+        return Err(S3Error::new(
+            StatusCode::FORBIDDEN,
+            "AccessForbidden",
+            "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+        ));
+    }
+    let mut r = empty_response(StatusCode::OK);
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(CORS_ALLOW_METHODS),
+    );
+    if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static(CORS_MAX_AGE),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "Origin, Access-Control-Request-Headers, Access-Control-Request-Method",
+        ),
+    );
+    Ok(r)
 }
 
 async fn serve(st: &S3State, parts: &axum::http::request::Parts, body: Body) -> S3Result<Response> {
@@ -522,9 +632,27 @@ async fn serve(st: &S3State, parts: &axum::http::request::Parts, body: Body) -> 
             permissions: access.clone(),
         })
     };
-    let auth = sigv4::verify_request(&view, &st.verify, &lookup, now)?;
+    let auth = if sigv2::uses_sigv2(&view) {
+        let vhost_bucket = addressing
+            .bucket
+            .as_deref()
+            .filter(|_| addressing.virtual_host);
+        sigv2::verify_request(&view, vhost_bucket, &st.verify, &lookup, now)?
+    } else {
+        sigv4::verify_request(&view, &st.verify, &lookup, now)?
+    };
+    // SigV2 presigned URLs carry signed `x-amz-*`, `Content-Type` and `Content-MD5` values in
+    // the query (botocore puts them there); they then apply as if sent as headers.
+    let merged_headers;
+    let headers = match &auth {
+        Authenticated::Signed(v) if matches!(v.method, AuthMethod::V2Presigned { .. }) => {
+            merged_headers = with_query_headers(&parts.headers, sigv2::query_headers(&view));
+            &merged_headers
+        }
+        _ => &parts.headers,
+    };
 
-    let copy_source = parts.headers.contains_key("x-amz-copy-source");
+    let copy_source = headers.contains_key("x-amz-copy-source");
     let op = Op::classify(
         &parts.method,
         addressing.bucket.is_some(),
@@ -569,7 +697,7 @@ async fn serve(st: &S3State, parts: &axum::http::request::Parts, body: Body) -> 
     let ctx = Ctx {
         st,
         method: parts.method.clone(),
-        headers: &parts.headers,
+        headers,
         raw_path,
         raw_query,
         query,

@@ -425,7 +425,7 @@ pub enum PayloadMode {
 }
 
 impl PayloadMode {
-    fn parse(value: &str) -> Result<Self, AuthError> {
+    pub(crate) fn parse(value: &str) -> Result<Self, AuthError> {
         match value {
             UNSIGNED_PAYLOAD => Ok(PayloadMode::Unsigned),
             STREAMING_PAYLOAD => Ok(PayloadMode::StreamingSigned),
@@ -459,6 +459,10 @@ pub enum AuthMethod {
     Header,
     /// Query-string auth; the URL is valid until `expires_at` (Unix seconds).
     Presigned { expires_at: u64 },
+    /// Signature Version 2 `Authorization: AWS <AccessKeyId>:<Signature>` ([`super::sigv2`]).
+    V2Header,
+    /// Signature Version 2 query-string auth, valid until `expires_at` (Unix seconds).
+    V2Presigned { expires_at: u64 },
 }
 
 /// The outcome of [`verify_request`].
@@ -487,6 +491,36 @@ pub struct Verified<P> {
 }
 
 impl<P> Verified<P> {
+    /// A request verified by Signature Version 2 ([`super::sigv2`]). SigV2 signs no payload
+    /// hash, so `payload` is [`PayloadMode::Unsigned`] unless the client declared one with
+    /// `x-amz-content-sha256` (never a signed-chunk mode: there is no chunk-signature chain).
+    /// The signing key is still derived from the secret (never a value anyone could compute)
+    /// and the seed signature is zero.
+    pub(crate) fn signature_v2(
+        access_key: String,
+        permissions: P,
+        method: AuthMethod,
+        time: UtcDateTime,
+        region: &str,
+        secret_key: &str,
+        payload: PayloadMode,
+    ) -> Self {
+        debug_assert!(!matches!(
+            payload,
+            PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer
+        ));
+        Verified {
+            access_key,
+            permissions,
+            method,
+            region: region.to_owned(),
+            time,
+            payload,
+            signing_key: SigningKey::derive(secret_key, &time.date_stamp(), region, SERVICE),
+            seed_signature: [0; 32],
+        }
+    }
+
     /// `YYYYMMDD/<region>/s3/aws4_request`.
     pub fn scope(&self) -> String {
         credential_scope(&self.time, &self.region)
