@@ -3,7 +3,10 @@
 //! Subcommands:
 //! - `turn`: TURN relay throughput, latency, CPU per packet and memory per allocation,
 //!   Ember vs coturn (see `bench/README.md`).
+//! - `storage`: S3 PUT/GET of small and large objects, Ember vs s3s-fs, plus a file-copy
+//!   baseline.
 
+mod storage;
 mod turn;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +22,15 @@ struct Cli {
 enum Cmd {
     /// TURN relay load: packets/s, loss, RTT, server CPU per packet and RSS (Ember vs coturn).
     Turn(Box<turn::TurnArgs>),
+    /// Object store load: small-object ops/s and latency, large-object MB/s, RSS (Ember vs s3s-fs).
+    Storage(Box<storage::StorageArgs>),
 }
 
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Turn(a) => turn::run(*a),
+        Cmd::Storage(a) => storage::run(*a),
     };
     if let Err(e) = r {
         eprintln!("ember-bench: {e:#}");
