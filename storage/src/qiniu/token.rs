@@ -470,13 +470,14 @@ where
     F: Fn(&str) -> Option<S>,
     S: AsRef<str>,
 {
-    let (signed_query, token) = if let Some(t) = req.raw_query.strip_prefix("token=") {
-        ("", t)
-    } else {
-        match req.raw_query.rfind("&token=") {
-            Some(i) => (&req.raw_query[..i], &req.raw_query[i + "&token=".len()..]),
+    // The last `&token=` is ours (the URL's own query may have a `token` of its own); a
+    // leading `token=` only when there is no other.
+    let (signed_query, token) = match req.raw_query.rfind("&token=") {
+        Some(i) => (&req.raw_query[..i], &req.raw_query[i + "&token=".len()..]),
+        None => match req.raw_query.strip_prefix("token=") {
+            Some(t) => ("", t),
             None => return Err(QiniuError::DownloadTokenNotSpecified),
-        }
+        },
     };
     if token.contains('&') {
         return Err(QiniuError::DownloadTokenAuthFailed);
