@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -18,9 +17,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::backend::{Backend, ObjectMeta, StorageError};
-use crate::qiniu::api::{authorize_download, QiniuConfig};
+use crate::qiniu::api::{authorize_download, now_unix, QiniuConfig};
 use crate::qiniu::token::DownloadRequest;
 use crate::s3::api::{http_date, parse_range, Conditions, Precondition, RangeSpec};
+use crate::s3::sigv4::percent_decode;
 
 /// Host name (lowercase, without port) -> bucket.
 pub type DomainMap = BTreeMap<String, String>;
@@ -62,7 +62,9 @@ impl Domains {
         }
         let raw_path = req.uri().path().to_owned();
         let raw_query = req.uri().query().unwrap_or("").to_owned();
-        let Some(key) = percent_decode(raw_path.trim_start_matches('/')) else {
+        let key =
+            String::from_utf8(percent_decode(raw_path.trim_start_matches('/'), false).into_owned());
+        let Ok(key) = key else {
             return plain(
                 StatusCode::BAD_REQUEST,
                 "bad percent-encoding in the path\n",
@@ -83,7 +85,7 @@ impl Domains {
             raw_path: &raw_path,
             raw_query: &raw_query,
         };
-        if let Err(e) = authorize_download(&self.qiniu, bucket, &download, unix_now()) {
+        if let Err(e) = authorize_download(&self.qiniu, bucket, &download, now_unix()) {
             return (
                 StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED),
                 [(CONTENT_TYPE, "application/json")],
@@ -208,29 +210,4 @@ fn storage_error(e: &StorageError) -> Response {
             plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n")
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Percent-decodes a URL path into UTF-8; `None` for bad escapes or invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }

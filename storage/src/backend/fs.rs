@@ -83,6 +83,7 @@
 //! | same runs: plain file | `write`+`fdatasync` 380–640 MB/s, `cp`+`fdatasync` 360–560 MB/s |
 //! | 64 MiB GET | 2.0–3.7 GB/s (page cache) |
 
+use crate::s3::sigv4::hex_encode as hex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -309,16 +310,6 @@ fn io_err(e: io::Error) -> StorageError {
 
 fn corrupt(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 fn unhex16(s: &str) -> Option<[u8; 16]> {

@@ -3,6 +3,7 @@
 //! obviously right. Used by front-end tests and as the oracle the `fs` backend is compared
 //! against. Not for production: objects are held in memory.
 
+use crate::s3::sigv4::hex_encode as hex;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -74,10 +75,6 @@ pub(crate) async fn collect(mut body: ByteStream, max_size: Option<u64>) -> Resu
 fn md5_hex(data: &[u8]) -> (String, [u8; 16]) {
     let d: [u8; 16] = Md5::digest(data).into();
     (hex(&d), d)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn once(data: Bytes) -> ByteStream {

@@ -237,30 +237,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<UploadInfo>>;
 }
 
-/// S3's bucket naming rules: 3–63 characters, lowercase letters, digits, '-' and '.',
-/// starting and ending with a letter or digit, no "..", not an IPv4 address.
+/// S3's bucket naming rules (the same check `ember check-config` applies to configured
+/// bucket names: `ember_common::config::bucket_name_problem`).
 pub fn validate_bucket(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(StorageError::InvalidBucketName(format!("{name:?}: {why}")));
-    if !(3..=63).contains(&name.len()) {
-        return bad("must be 3 to 63 characters long");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
-        return bad("only lowercase letters, digits, '-' and '.' are allowed");
-    }
-    let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if !edge_ok(name.as_bytes()[0]) || !edge_ok(name.as_bytes()[name.len() - 1]) {
-        return bad("must start and end with a letter or digit");
-    }
-    if name.contains("..") || name.contains(".-") || name.contains("-.") {
-        return bad("no \"..\", \".-\" or \"-.\"");
-    }
-    if name.parse::<std::net::Ipv4Addr>().is_ok() {
-        return bad("must not look like an IP address");
-    }
-    Ok(())
+    ember_common::config::bucket_name_problem(name)
+        .map_err(|why| StorageError::InvalidBucketName(format!("{name:?}: {why}")))
 }
 
 /// Object keys: 1–1024 bytes of UTF-8. S3 allows almost anything; Ember refuses what no

@@ -7,6 +7,7 @@
 //! the block's SHA-1 once complete, so `mkfile` knows the qetag before it writes a byte. The
 //! join re-hashes what it streams and fails rather than store anything else.
 
+use crate::s3::sigv4::hex_encode as hex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -101,10 +102,6 @@ pub(crate) fn open_ctx<'a>(
         return Err(ApiError::invalid_ctx("expired"));
     }
     Ok(ctx)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex20(s: &str) -> Option<[u8; 20]> {

@@ -8,6 +8,7 @@
 //! completion. Completion reads the parts once for the qetag (so the key may depend on it and
 //! the qetag can be stored with the object), then streams them into the backend.
 
+use crate::s3::sigv4::hex_encode as hex;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -148,10 +149,6 @@ pub(crate) fn parse_content_md5(value: &str) -> Option<[u8; 16]> {
     }
     let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
     raw.try_into().ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn part_prefix(n: u32) -> String {
