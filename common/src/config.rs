@@ -213,14 +213,30 @@ impl Serialize for PortRange {
     }
 }
 
-/// `[tls]`: the certificate used by every TLS listener.
+/// `[tls]`: the certificates of every TLS listener. Each connection gets the certificate
+/// for the server name its client asks for (SNI), chosen among `cert` and `certificates`
+/// by the DNS names in each certificate itself; `cert` when none matches or no name is sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain. Empty (with `key` empty): a self-signed certificate is generated
-    /// at start (dev only; logged as a warning).
+    /// PEM certificate chain of the default certificate. Empty (with `key` empty): a
+    /// self-signed certificate is generated at start (dev only; logged as a warning).
     pub cert: String,
-    /// PEM private key.
+    /// PEM private key of `cert`.
+    pub key: String,
+    /// More certificates (`[[tls.certificates]]`), each served for the DNS names of its
+    /// subjectAltName (`*.example.com` covers one label). Their files are reloaded like
+    /// `cert`/`key`; adding or removing entries needs a restart.
+    pub certificates: Vec<TlsCertificate>,
+}
+
+/// One `[[tls.certificates]]` entry: a certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
 }
 
@@ -307,8 +323,37 @@ pub struct StorageConfig {
     pub max_object_size: u64,
     /// Buckets created at start when missing.
     pub buckets: Vec<String>,
+    /// Base URL clients reach the S3 API and the Qiniu upload host on, as put into the
+    /// upload URLs, tokens and download URLs Ember issues (e.g. "https://s3.example.com");
+    /// empty = `http://` + the first `listen` address (development).
+    pub public_url: String,
+    /// Scheme of issued bucket-domain download URLs: "auto" (https when `tls_listen` is set),
+    /// "https" (TLS terminated in front of Ember) or "http".
+    pub download_scheme: String,
     /// `[storage.upstream]`: the S3/MinIO server behind the "s3" backend.
     pub upstream: UpstreamConfig,
+}
+
+/// Why `[storage] public_url` is unusable: it must be empty or `http(s)://host[:port]`,
+/// without a path, query or user info (issued URLs append `/<bucket>/<key>` to it).
+pub fn public_url_problem(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?}: must start with https:// or http://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    if rest.contains(['/', '?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+        return Err(format!(
+            "{url:?}: only scheme://host[:port], without a path, query or user info"
+        ));
+    }
+    Ok(())
 }
 
 /// `[storage] backend`.
@@ -365,6 +410,8 @@ impl Default for StorageConfig {
             public_buckets: Vec::new(),
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             buckets: Vec::new(),
+            public_url: String::new(),
+            download_scheme: "auto".into(),
             upstream: UpstreamConfig {
                 path_style: true,
                 region: "us-east-1".into(),
@@ -561,7 +608,26 @@ impl Config {
         match (self.tls.cert.is_empty(), self.tls.key.is_empty()) {
             (false, true) => error("tls.key", "tls.cert is set but tls.key is not".into()),
             (true, false) => error("tls.cert", "tls.key is set but tls.cert is not".into()),
+            (true, true) if !self.tls.certificates.is_empty() => warnings.push(
+                "tls.cert: empty while tls.certificates is not: clients that send no server \
+                 name, or one no certificate covers, get the self-signed development certificate"
+                    .into(),
+            ),
             _ => {}
+        }
+        for (i, c) in self.tls.certificates.iter().enumerate() {
+            if c.cert.is_empty() {
+                error(
+                    &format!("tls.certificates[{i}].cert"),
+                    "must be set (the PEM certificate chain)".into(),
+                );
+            }
+            if c.key.is_empty() {
+                error(
+                    &format!("tls.certificates[{i}].key"),
+                    "must be set (the PEM private key)".into(),
+                );
+            }
         }
         if let Err(e) = self.metrics.listen_addr() {
             error("metrics.listen", e);
@@ -678,6 +744,18 @@ impl StorageConfig {
         }
         if self.max_object_size == 0 {
             error("storage.max_object_size", "must be at least 1 byte".into());
+        }
+        if let Err(why) = public_url_problem(&self.public_url) {
+            error("storage.public_url", why);
+        }
+        if !matches!(self.download_scheme.as_str(), "auto" | "https" | "http") {
+            error(
+                "storage.download_scheme",
+                format!(
+                    "{:?}: expected \"auto\", \"https\" or \"http\"",
+                    self.download_scheme
+                ),
+            );
         }
         if self.backend == StorageBackend::S3 && self.upstream.endpoint.is_empty() {
             error(
@@ -1214,6 +1292,83 @@ mod tests {
         let warnings = cfg.validate().unwrap();
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].starts_with("turn.relay_ports:"), "{warnings:?}");
+    }
+
+    #[test]
+    fn tls_certificates_parse_and_validate() {
+        let tables = "[tls]\ncert = \"/d.pem\"\nkey = \"/d.key\"\n\
+                      [[tls.certificates]]\ncert = \"/a.pem\"\nkey = \"/a.key\"\n\
+                      [[tls.certificates]]\ncert = \"/b.pem\"\nkey = \"/b.key\"\n";
+        let inline = "[tls]\ncert = \"/d.pem\"\nkey = \"/d.key\"\ncertificates = [\
+                      { cert = \"/a.pem\", key = \"/a.key\" }, { cert = \"/b.pem\", key = \"/b.key\" }]\n";
+        let cfg = parse(tables).unwrap();
+        assert_eq!(cfg.tls, parse(inline).unwrap().tls);
+        assert_eq!(
+            cfg.tls.certificates,
+            [
+                TlsCertificate {
+                    cert: "/a.pem".into(),
+                    key: "/a.key".into()
+                },
+                TlsCertificate {
+                    cert: "/b.pem".into(),
+                    key: "/b.key".into()
+                }
+            ]
+        );
+        let env_cfg = Config::from_str_with_env(
+            "",
+            "ember.toml",
+            env(&[(
+                "EMBER_TLS__CERTIFICATES",
+                "[{ cert = \"/a.pem\", key = \"/a.key\" }]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(env_cfg.tls.certificates, cfg.tls.certificates[..1]);
+
+        let msg = parse("[[tls.certificates]]\ncert = \"/a.pem\"\nkye = \"/a.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tls.certificates"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+
+        let mut cfg = Config::default();
+        cfg.turn.auth_secrets = vec!["0123456789abcdef0123".into()];
+        cfg.storage.enabled = false;
+        cfg.tls.certificates = vec![
+            TlsCertificate {
+                cert: "/a.pem".into(),
+                key: "/a.key".into(),
+            },
+            TlsCertificate {
+                cert: "/b.pem".into(),
+                key: String::new(),
+            },
+            TlsCertificate::default(),
+        ];
+        let Err(ConfigError::Validation(p)) = cfg.validate() else {
+            panic!("expected problems")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.certificates[1].key",
+                "tls.certificates[2].cert",
+                "tls.certificates[2].key"
+            ]
+        );
+        // Extra certificates without a default one: allowed, with a warning.
+        cfg.tls.certificates.truncate(1);
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.len() == 1 && w[0].starts_with("tls.cert: empty while tls.certificates"),
+            "{w:?}"
+        );
+        cfg.tls.cert = "/d.pem".into();
+        cfg.tls.key = "/d.key".into();
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
     }
 
     #[test]

@@ -92,12 +92,20 @@ auth_failures_per_minute = {auth_failures_per_minute}
 threads = {threads}
 
 [tls]
-# PEM certificate chain and private key, reloaded when the files change or on SIGHUP.
-# Both empty: a self-signed certificate is generated at start (development only).
+# Default PEM certificate chain and private key: served to clients that send no server
+# name (SNI) or one no entry of `certificates` covers. Every certificate file is reloaded
+# when it changes or on SIGHUP. Both empty: a self-signed certificate is generated at start
+# (development only).
 # e.g. cert = "/etc/ember/fullchain.pem"
 cert = {cert}
 # e.g. key = "/etc/ember/privkey.pem"
 key = {key}
+# More certificates, chosen per connection by SNI: each serves the DNS names in its own
+# subjectAltName ("*.example.com" covers one label; an exact name beats a wildcard), so
+# one Ember serves several domains with their own certificates. Adding or removing
+# entries needs a restart. Also written as [[tls.certificates]] tables.
+# e.g. certificates = [{{ cert = "/etc/ember/media.example.com.pem", key = "/etc/ember/media.example.com.key" }}]
+certificates = []
 
 [metrics]
 # Address of the Prometheus endpoint (/metrics, /healthz); "" disables it.
@@ -154,6 +162,13 @@ max_object_size = {sg_max}
 # Buckets created at start when missing.
 # e.g. buckets = ["media", "files"]
 buckets = {sg_buckets}
+# Base URL clients reach the S3 API / Qiniu upload host on, used in the upload and download
+# URLs Ember issues to apps. Empty = http:// + the first listen address (development only).
+# e.g. public_url = "https://s3.example.com"
+public_url = {sg_public_url}
+# Scheme of issued bucket-domain download URLs: "auto" (https when tls_listen is set),
+# "https" (TLS terminated in front of Ember) or "http".
+download_scheme = {sg_download_scheme}
 
 [storage.upstream]
 # The S3/MinIO server behind backend = "s3".
@@ -208,6 +223,8 @@ format = {format}
         sg_public = list(&d.storage.public_buckets),
         sg_max = d.storage.max_object_size,
         sg_buckets = list(&d.storage.buckets),
+        sg_public_url = string(&d.storage.public_url),
+        sg_download_scheme = string(&d.storage.download_scheme),
         up_endpoint = string(&d.storage.upstream.endpoint),
         up_region = string(&d.storage.upstream.region),
         up_ak = string(&d.storage.upstream.access_key),

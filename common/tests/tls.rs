@@ -99,6 +99,7 @@ async fn reloads_on_demand_and_when_files_change() {
     let cfg = TlsConfig {
         cert: dir.path().join("cert.pem").display().to_string(),
         key: dir.path().join("key.pem").display().to_string(),
+        ..TlsConfig::default()
     };
     let shutdown = CancellationToken::new();
     let tls = TlsProvider::new(&cfg, shutdown.clone()).await.unwrap();
@@ -212,6 +213,7 @@ async fn bad_config_is_an_error() {
     let half = TlsConfig {
         cert: "/nonexistent/cert.pem".into(),
         key: String::new(),
+        ..TlsConfig::default()
     };
     assert!(TlsProvider::new(&half, CancellationToken::new())
         .await
@@ -219,6 +221,7 @@ async fn bad_config_is_an_error() {
     let missing = TlsConfig {
         cert: "/nonexistent/cert.pem".into(),
         key: "/nonexistent/key.pem".into(),
+        ..TlsConfig::default()
     };
     let err = TlsProvider::new(&missing, CancellationToken::new())
         .await
