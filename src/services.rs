@@ -149,6 +149,17 @@ pub async fn start_storage(
             .map(TlsProvider::server_config),
     )
     .await?;
+    if let Some(tls) = tls.filter(|_| !st.tls_listen.is_empty()) {
+        for domain in st.bucket_domains.keys() {
+            if !tls.has_certificate_for(domain) {
+                tracing::warn!(
+                    "storage: no certificate in [tls] names bucket domain {domain}: HTTPS \
+                     clients will get the default certificate and refuse it \
+                     (add one with [[tls.certificates]])"
+                );
+            }
+        }
+    }
     let router = ember_storage::server::router(backend, st);
     Ok(Service {
         name: "storage",

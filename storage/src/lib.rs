@@ -12,6 +12,8 @@
 //!   lib.rs           this overview
 //!   server.rs        backend selection, bucket creation, per-request dialect dispatch
 //!   domains.rs       GET/HEAD on bucket download domains (public or signed)
+//!   grants.rs        presigned PUTs, Qiniu upload tokens and download URLs for the
+//!                    messaging core (in-process, and the `/_ember/v1/grants/` HTTP API)
 //!   backend/         the Backend trait; memory.rs (reference model), fs.rs (local disk)
 //!   time.rs          UTC calendar maths, ISO 8601 basic and HTTP dates
 //!   s3/              the S3 dialect
@@ -40,6 +42,7 @@
 
 pub mod backend;
 pub mod domains;
+pub mod grants;
 pub mod qiniu;
 pub mod s3;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The object store as one HTTP service: opens the backend `[storage]` names, creates the
 //! configured buckets, and routes each request to its dialect — a bucket download domain
-//! (by Host), the Qiniu API (by its authorization schemes and paths), or S3 (everything
-//! else, path- or virtual-host-style).
+//! (by Host), the grant API for the messaging core (`/_ember/v1/grants/`), the Qiniu API (by
+//! its authorization schemes and paths), or S3 (everything else, path- or virtual-host-style).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use ember_common::config::{StorageBackend, StorageConfig};
 use tower::ServiceExt;
 
 use crate::backend::fs::FsBackend;
+use crate::backend::s3::{GatewayError, S3Backend};
 use crate::backend::{Backend, StorageError};
 use crate::domains::Domains;
 use crate::qiniu::api::{is_qiniu_request, QiniuConfig};
@@ -28,8 +29,12 @@ pub enum StartError {
         #[source]
         source: StorageError,
     },
-    #[error("backend = \"s3\" (gateway to {0}) is not available in this build yet")]
-    Gateway(String),
+    /// `backend = "s3"`: the upstream is unusable (unreachable, credentials refused, ...).
+    #[error("cannot use the upstream S3 server {endpoint} (backend = \"s3\"): {reason}")]
+    Gateway {
+        endpoint: String,
+        reason: GatewayError,
+    },
     #[error("cannot create bucket {bucket}: {source}")]
     Bucket {
         bucket: String,
@@ -49,7 +54,14 @@ pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, Start
                 })?,
             )
         }
-        StorageBackend::S3 => return Err(StartError::Gateway(cfg.upstream.endpoint.clone())),
+        StorageBackend::S3 => Arc::new(
+            S3Backend::connect(&cfg.upstream, &cfg.buckets)
+                .await
+                .map_err(|reason| StartError::Gateway {
+                    endpoint: cfg.upstream.endpoint.clone(),
+                    reason,
+                })?,
+        ),
     };
     for bucket in &cfg.buckets {
         match backend.create_bucket(bucket).await {
@@ -67,6 +79,7 @@ pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, Start
 
 struct Dispatch {
     domains: Domains,
+    grants: Router,
     qiniu: Router,
     s3: Router,
 }
@@ -108,6 +121,7 @@ pub fn router(backend: Arc<dyn Backend>, cfg: &StorageConfig) -> Router {
                 .collect(),
             qiniu: qiniu.clone(),
         },
+        grants: crate::grants::router(cfg),
         qiniu: crate::qiniu::api::router(backend.clone(), qiniu),
         s3: crate::s3::api::router(backend, s3),
     });
@@ -118,7 +132,9 @@ async fn route(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
     if let Some(bucket) = d.domains.bucket_for(&req) {
         return d.domains.serve(&bucket, req).await;
     }
-    let target = if is_qiniu_request(req.method(), req.uri().path(), req.headers()) {
+    let target = if crate::grants::is_grant_request(req.uri().path()) {
+        d.grants.clone()
+    } else if is_qiniu_request(req.method(), req.uri().path(), req.headers()) {
         d.qiniu.clone()
     } else {
         d.s3.clone()

@@ -150,6 +150,7 @@ fn q(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max_keys: usize
         delimiter: delimiter.map(Into::into),
         after: after.map(Into::into),
         max_keys,
+        metadata: true,
     }
 }
 

@@ -969,6 +969,7 @@ fn list_page(b: &BucketState, query: &ListQuery) -> Result<ListPage> {
                 delimiter: query.delimiter.clone(),
                 after: after.clone(),
                 max_keys: remaining,
+                metadata: query.metadata,
             },
         );
         remaining -= sub.objects.len() + sub.common_prefixes.len();

@@ -481,6 +481,7 @@ mod tests {
             delimiter: delim.map(Into::into),
             after: after.map(Into::into),
             max_keys: max,
+            metadata: true,
         }
     }
 

@@ -1,6 +1,7 @@
-//! Where objects live: the [`Backend`] trait every front end (S3 via s3s, Qiniu, bucket
-//! domains) calls, and its implementations — [`memory`] (the reference model, for tests),
-//! `fs` (local disk, the embedded default) and `s3` (an upstream S3/MinIO via aws-sdk-s3).
+//! Where objects live: the [`Backend`] trait every front end (S3, Qiniu, bucket domains)
+//! calls, and its implementations — [`memory`] (the reference model, for tests), [`fs`]
+//! (local disk, the embedded default) and [`s3`] (a gateway to an upstream S3/MinIO via
+//! aws-sdk-s3).
 //!
 //! Bodies are streams both ways, so no object is ever held in memory whole. Keys and bucket
 //! names are validated here ([`validate_bucket`], [`validate_key`]) before any backend sees
@@ -9,6 +10,7 @@
 
 pub mod fs;
 pub mod memory;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -111,6 +113,11 @@ pub struct PutOptions {
     pub expected_md5: Option<[u8; 16]>,
     /// Refuse bodies longer than this ([`StorageError::EntityTooLarge`]); nothing stored.
     pub max_size: Option<u64>,
+    /// The body's length, when the caller knows it (S3 `Content-Length` or
+    /// `x-amz-decoded-content-length`, a staged Qiniu upload). The `s3` gateway streams a
+    /// body of known length straight upstream (and refuses one of another length with
+    /// [`StorageError::BodyError`]); the other backends ignore it.
+    pub content_length: Option<u64>,
 }
 
 /// What to keep when copying.
@@ -140,6 +147,10 @@ pub struct ListQuery {
     pub after: Option<String>,
     /// At most this many keys plus common prefixes (1..=1000).
     pub max_keys: usize,
+    /// Fill each listed object's `headers` and `user_meta` (the Qiniu listing needs the
+    /// stored qetag and type). When false they may come back empty: S3 listings need neither,
+    /// and the gateway backend would otherwise HEAD every listed object.
+    pub metadata: bool,
 }
 
 /// One page of a listing, keys in UTF-8 byte order.
@@ -223,6 +234,24 @@ pub trait Backend: Send + Sync + 'static {
         body: ByteStream,
         expected_md5: Option<[u8; 16]>,
     ) -> Result<PartInfo>;
+    /// [`Backend::upload_part`] with the body's length when the caller knows it (see
+    /// [`PutOptions::content_length`]): the `s3` gateway streams such a part straight
+    /// upstream. The default ignores the length.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part_with_length(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        expected_md5: Option<[u8; 16]>,
+        content_length: Option<u64>,
+    ) -> Result<PartInfo> {
+        let _ = content_length;
+        self.upload_part(bucket, key, upload_id, part_number, body, expected_md5)
+            .await
+    }
     /// Joins the listed parts (ascending numbers, ETags as returned by `upload_part`) into
     /// the object, atomically; the upload is gone afterwards.
     async fn complete_multipart(

@@ -69,6 +69,7 @@ mod error;
 mod request;
 
 pub use body::VerifyingBody;
+use body::{drain_unread, take_body, BodySlot};
 pub use error::{S3Error, S3Result};
 use request::parse_u64_digits;
 pub use request::{
@@ -240,8 +241,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The verifying stream of the request body.
-    fn body_stream(&self, body: Body) -> S3Result<VerifyingBody> {
+    /// The verifying stream of the request body, taken out of `body` once the request's
+    /// checksum headers are known to be usable (before that, an error leaves it to drain).
+    fn body_stream(&self, body: &mut BodySlot) -> S3Result<VerifyingBody> {
         let mut decoder = None;
         let mut sha256 = None;
         if let Some(v) = self.verified() {
@@ -270,12 +272,17 @@ impl<'a> Ctx<'a> {
                 break;
             }
         }
-        Ok(VerifyingBody::new(body, decoder, sha256, checksum))
+        Ok(VerifyingBody::new(
+            take_body(body),
+            decoder,
+            sha256,
+            checksum,
+        ))
     }
 
     /// Reads a small (XML) body whole, verified, at most [`MAX_XML_BODY`] bytes; checks
     /// Content-MD5 when sent.
-    async fn small_body(&self, body: Body) -> S3Result<Bytes> {
+    async fn small_body(&self, body: &mut BodySlot) -> S3Result<Bytes> {
         self.check_declared_size(MAX_XML_BODY as u64)
             .map_err(|_| too_big_xml())?;
         let expected_md5 = self.content_md5()?;
@@ -368,6 +375,7 @@ impl<'a> Ctx<'a> {
             if_none_match,
             expected_md5: self.content_md5()?,
             max_size: Some(self.max_object_size()),
+            content_length: None,
         })
     }
 
@@ -489,13 +497,14 @@ fn object_headers(headers: &mut HeaderMap, meta: &ObjectMeta, query: &Query) {
 async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     let request_id = st.request_id();
     let (parts, body) = req.into_parts();
+    let mut body = Some(body);
     let head = parts.method == Method::HEAD;
     let raw_path = parts.uri.path();
     let resource = String::from_utf8_lossy(&sigv4::percent_decode(raw_path, false)).into_owned();
     let result = if parts.method == Method::OPTIONS {
         cors_preflight(&parts.headers)
     } else {
-        serve(&st, &parts, body).await
+        serve(&st, &parts, &mut body).await
     };
     let mut response = match result {
         Ok(r) => r,
@@ -525,6 +534,15 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
                 HeaderValue::from_static(CORS_EXPOSE_HEADERS),
             );
             h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    // A body the operation did not read (refused request, body-less operation) is drained,
+    // or the connection closes after this response: never reset under a waiting client.
+    if let Some(unread) = body.take() {
+        if !drain_unread(&parts.headers, unread).await {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
     }
     response
@@ -597,7 +615,11 @@ fn cors_preflight(headers: &HeaderMap) -> S3Result<Response> {
     Ok(r)
 }
 
-async fn serve(st: &S3State, parts: &axum::http::request::Parts, body: Body) -> S3Result<Response> {
+async fn serve(
+    st: &S3State,
+    parts: &axum::http::request::Parts,
+    body: &mut BodySlot,
+) -> S3Result<Response> {
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query().unwrap_or("");
     let host = parts
@@ -751,6 +773,7 @@ async fn serve(st: &S3State, parts: &axum::http::request::Parts, body: Body) -> 
                 xml::owner_full_control_acl(&st.owner),
             ))
         }
+        Op::PutBucketAcl | Op::PutObjectAcl => put_acl(&ctx, body, op == Op::PutObjectAcl).await,
         Op::GetObjectTagging => {
             b.head_object(&ctx.bucket, &ctx.key).await?;
             Ok(xml_response(StatusCode::OK, xml::empty_tagging()))
@@ -808,7 +831,7 @@ async fn list_buckets(ctx: &Ctx<'_>) -> S3Result<Response> {
     ))
 }
 
-async fn create_bucket(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
+async fn create_bucket(ctx: &Ctx<'_>, body: &mut BodySlot) -> S3Result<Response> {
     let body = ctx.small_body(body).await?;
     let location =
         xml::parse_create_bucket(&body).map_err(|e| S3Error::malformed_xml(&e.to_string()))?;
@@ -829,6 +852,51 @@ async fn create_bucket(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
         &format!("/{}", ctx.bucket),
     );
     Ok(r)
+}
+
+/// PutBucketAcl / PutObjectAcl. Ember keeps no ACLs: every bucket and object belongs to its
+/// owner alone, as GetBucketAcl / GetObjectAcl answer (anonymous reads of `public_buckets`
+/// come from the config, not from ACLs). Setting that same ACL is accepted and changes
+/// nothing: the canned `private`, or a policy whose every grant is FULL_CONTROL for the
+/// owner, which s3cmd sends back after each copy and move. Anything else would be a promise
+/// Ember cannot keep: `NotImplemented`, as MinIO answers.
+async fn put_acl(ctx: &Ctx<'_>, body: &mut BodySlot, object: bool) -> S3Result<Response> {
+    if object {
+        ctx.st.backend.head_object(&ctx.bucket, &ctx.key).await?;
+    } else {
+        ctx.st.backend.head_bucket(&ctx.bucket).await?;
+    }
+    if ctx
+        .headers
+        .keys()
+        .any(|n| n.as_str().starts_with("x-amz-grant-"))
+    {
+        return Err(S3Error::not_implemented());
+    }
+    if let Some(canned) = ctx.header("x-amz-acl") {
+        return if canned == "private" {
+            Ok(empty_response(StatusCode::OK))
+        } else {
+            Err(S3Error::not_implemented())
+        };
+    }
+    let body = ctx.small_body(body).await?;
+    let grants = xml::parse_acl_grants(&body).map_err(|e| {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "MalformedACLError",
+            format!("The XML you provided was not well-formed or did not validate against our published schema: {e}"),
+        )
+    })?;
+    let owner_only = !grants.is_empty()
+        && grants.iter().all(|g| {
+            g.permission == "FULL_CONTROL" && g.grantee_id.as_deref() == Some(&ctx.st.owner.id)
+        });
+    if owner_only {
+        Ok(empty_response(StatusCode::OK))
+    } else {
+        Err(S3Error::not_implemented())
+    }
 }
 
 /// `max-keys`, `max-parts`, `max-uploads`: a non-negative integer, capped at 1000.
@@ -902,6 +970,7 @@ async fn list_objects(ctx: &Ctx<'_>, v2: bool) -> S3Result<Response> {
                     delimiter: delimiter.map(str::to_owned),
                     after,
                     max_keys,
+                    metadata: false,
                 },
             )
             .await?
@@ -936,7 +1005,7 @@ async fn list_objects(ctx: &Ctx<'_>, v2: bool) -> S3Result<Response> {
     Ok(xml_response(StatusCode::OK, doc))
 }
 
-async fn delete_objects(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
+async fn delete_objects(ctx: &Ctx<'_>, body: &mut BodySlot) -> S3Result<Response> {
     let body = ctx.small_body(body).await?;
     let req = xml::parse_delete(&body).map_err(|e| S3Error::malformed_xml(&e.to_string()))?;
     let mut deleted = Vec::new();
@@ -995,8 +1064,9 @@ async fn write_conditions(ctx: &Ctx<'_>) -> S3Result<()> {
     }
 }
 
-async fn put_object(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
-    let opts = ctx.put_options()?;
+async fn put_object(ctx: &Ctx<'_>, body: &mut BodySlot) -> S3Result<Response> {
+    let mut opts = ctx.put_options()?;
+    opts.content_length = ctx.declared_length();
     ctx.check_declared_size(ctx.max_object_size())?;
     if ctx.header("if-match").is_some() {
         write_conditions(ctx).await?;
@@ -1012,6 +1082,34 @@ async fn put_object(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
     Ok(r)
 }
 
+/// GetObject / HeadObject `partNumber`: S3 answers with that part of a multipart object,
+/// and with the whole object for part 1 of any other (as a 206 range), refusing higher parts
+/// with `InvalidPartNumber`. The backend keeps no part boundaries, so Ember answers every
+/// object as a single-part one: part 1 is the whole object (without `x-amz-mp-parts-count`,
+/// so clients that learn the part count from that answer download it in one piece), any
+/// other part is `InvalidPartNumber` — never another part's bytes under its number.
+/// With a `Range` header as well: `InvalidRequest`, as S3.
+fn part_read(ctx: &Ctx<'_>) -> S3Result<Option<u32>> {
+    if !ctx.query.has("partNumber") {
+        return Ok(None);
+    }
+    let n = part_number(ctx)?;
+    if ctx.header("range").is_some() {
+        return Err(S3Error::invalid_request(
+            "Cannot specify both Range header and partNumber query parameter.",
+        ));
+    }
+    if n != 1 {
+        return Err(S3Error::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "InvalidPartNumber",
+            "The requested partnumber is not satisfiable",
+        )
+        .with("PartNumberRequested", n.to_string()));
+    }
+    Ok(Some(n))
+}
+
 async fn get_object(ctx: &Ctx<'_>, head: bool) -> S3Result<Response> {
     if ctx.verified().is_none() && RESPONSE_OVERRIDES.iter().any(|(p, _)| ctx.query.has(p)) {
         return Err(S3Error::invalid_request(
@@ -1021,6 +1119,7 @@ async fn get_object(ctx: &Ctx<'_>, head: bool) -> S3Result<Response> {
     let backend = &ctx.st.backend;
     let conditions = Conditions::from_headers(ctx.headers, "");
     let range_header = ctx.header("range");
+    let part = part_read(ctx)?;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -1037,6 +1136,8 @@ async fn get_object(ctx: &Ctx<'_>, head: bool) -> S3Result<Response> {
             Precondition::Failed(which) => return Err(S3Error::precondition_failed(which)),
         }
         let range = match parse_range(range_header, meta.size) {
+            // `partNumber=1`: the whole object, as the range it is (see `part_read`).
+            RangeSpec::Full if part.is_some() && meta.size > 0 => Some(0..meta.size),
             RangeSpec::Full => None,
             RangeSpec::Partial(r) => Some(r),
             RangeSpec::Unsatisfiable => {
@@ -1128,6 +1229,25 @@ async fn copy_source(ctx: &Ctx<'_>) -> S3Result<(String, String, ObjectMeta)> {
     Ok((bucket, key, meta))
 }
 
+/// Headers with which a copy of an object onto itself is legal even without
+/// `x-amz-metadata-directive: REPLACE`: S3 lets such a copy change the storage class (the
+/// documented way to do it, `rclone settier` does), the website redirect location or the
+/// encryption. Ember has one storage class and no per-object encryption, so such a copy
+/// rewrites the object with its data and metadata unchanged.
+const SELF_COPY_CHANGES: [&str; 5] = [
+    "x-amz-storage-class",
+    "x-amz-website-redirect-location",
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-customer-algorithm",
+];
+
+/// Whether a copy onto the source itself asks for a change S3 allows (see
+/// [`SELF_COPY_CHANGES`]); otherwise S3 refuses it with `InvalidRequest`.
+fn self_copy_changes_something(headers: &HeaderMap, replace_metadata: bool) -> bool {
+    replace_metadata || SELF_COPY_CHANGES.iter().any(|h| headers.contains_key(*h))
+}
+
 async fn copy_object(ctx: &Ctx<'_>) -> S3Result<Response> {
     let (src_bucket, src_key, _) = copy_source(ctx).await?;
     let replace = match ctx.header("x-amz-metadata-directive") {
@@ -1136,7 +1256,10 @@ async fn copy_object(ctx: &Ctx<'_>) -> S3Result<Response> {
         Some(d) if d.eq_ignore_ascii_case("REPLACE") => true,
         Some(_) => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
     };
-    if !replace && src_bucket == ctx.bucket && src_key == ctx.key {
+    if src_bucket == ctx.bucket
+        && src_key == ctx.key
+        && !self_copy_changes_something(ctx.headers, replace)
+    {
         return Err(S3Error::invalid_request(
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
         ));
@@ -1186,7 +1309,7 @@ fn part_number(ctx: &Ctx<'_>) -> S3Result<u32> {
         })
 }
 
-async fn upload_part(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
+async fn upload_part(ctx: &Ctx<'_>, body: &mut BodySlot) -> S3Result<Response> {
     let upload_id = upload_id(ctx)?;
     let number = part_number(ctx)?;
     ctx.check_declared_size(ctx.max_object_size())?;
@@ -1195,13 +1318,14 @@ async fn upload_part(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
     let part = ctx
         .st
         .backend
-        .upload_part(
+        .upload_part_with_length(
             &ctx.bucket,
             &ctx.key,
             upload_id,
             number,
             Box::pin(stream),
             md5,
+            ctx.declared_length(),
         )
         .await?;
     let mut r = empty_response(StatusCode::OK);
@@ -1240,12 +1364,21 @@ async fn upload_part_copy(ctx: &Ctx<'_>) -> S3Result<Response> {
         .map(|v| parse_copy_range(v, meta.size))
         .transpose()?;
     let backend = &ctx.st.backend;
+    let len = range.as_ref().map_or(meta.size, |r| r.end - r.start);
     let (got, stream) = backend.get_object(&src_bucket, &src_key, range).await?;
     if got.etag != meta.etag {
         return Err(S3Error::precondition_failed("x-amz-copy-source"));
     }
     let part = backend
-        .upload_part(&ctx.bucket, &ctx.key, upload_id, number, stream, None)
+        .upload_part_with_length(
+            &ctx.bucket,
+            &ctx.key,
+            upload_id,
+            number,
+            stream,
+            None,
+            Some(len),
+        )
         .await?;
     Ok(xml_response(
         StatusCode::OK,
@@ -1253,7 +1386,7 @@ async fn upload_part_copy(ctx: &Ctx<'_>) -> S3Result<Response> {
     ))
 }
 
-async fn complete_multipart(ctx: &Ctx<'_>, body: Body) -> S3Result<Response> {
+async fn complete_multipart(ctx: &Ctx<'_>, body: &mut BodySlot) -> S3Result<Response> {
     let upload_id = upload_id(ctx)?;
     let body = ctx.small_body(body).await?;
     let parts =

@@ -35,6 +35,19 @@ pub enum AuthError {
     /// 400 `AuthorizationQueryParametersError`.
     #[error("{0}")]
     AuthorizationQueryParametersError(String),
+    /// 400 `AuthorizationHeaderMalformed` (or `AuthorizationQueryParametersError` for a
+    /// presigned URL): the credential scope names another region. S3 adds
+    /// `<Region>expected</Region>` to the document, and clients (botocore, s3cmd) sign again
+    /// for that region.
+    #[error("{}", wrong_region_message(*.presigned, .region, .expected))]
+    WrongRegion {
+        /// The credential came from the query (`X-Amz-Credential`), not the header.
+        presigned: bool,
+        /// The region the client signed for.
+        region: String,
+        /// The region this endpoint serves.
+        expected: String,
+    },
     /// 400 `InvalidArgument`.
     #[error("{0}")]
     InvalidArgument(Cow<'static, str>),
@@ -61,6 +74,16 @@ pub enum AuthError {
     BadDigest(String),
 }
 
+/// S3's message for a credential scope naming the wrong region.
+fn wrong_region_message(presigned: bool, region: &str, expected: &str) -> String {
+    let prefix = if presigned {
+        "Error parsing the X-Amz-Credential parameter; "
+    } else {
+        "The authorization header is malformed; "
+    };
+    format!("{prefix}the region '{region}' is wrong; expecting '{expected}'")
+}
+
 impl AuthError {
     /// The S3 error code (`<Code>`).
     pub fn code(&self) -> &'static str {
@@ -71,6 +94,12 @@ impl AuthError {
             AuthError::RequestTimeTooSkewed { .. } => "RequestTimeTooSkewed",
             AuthError::AuthorizationHeaderMalformed(_) => "AuthorizationHeaderMalformed",
             AuthError::AuthorizationQueryParametersError(_) => "AuthorizationQueryParametersError",
+            AuthError::WrongRegion {
+                presigned: false, ..
+            } => "AuthorizationHeaderMalformed",
+            AuthError::WrongRegion {
+                presigned: true, ..
+            } => "AuthorizationQueryParametersError",
             AuthError::InvalidArgument(_) => "InvalidArgument",
             AuthError::InvalidRequest(_) => "InvalidRequest",
             AuthError::InvalidToken => "InvalidToken",
@@ -92,6 +121,7 @@ impl AuthError {
             AuthError::NotImplemented(_) => 501,
             AuthError::AuthorizationHeaderMalformed(_)
             | AuthError::AuthorizationQueryParametersError(_)
+            | AuthError::WrongRegion { .. }
             | AuthError::InvalidArgument(_)
             | AuthError::InvalidRequest(_)
             | AuthError::InvalidToken
@@ -146,6 +176,32 @@ mod tests {
         assert_eq!(
             AuthError::AuthorizationHeaderMalformed("x".into()).status(),
             400
+        );
+    }
+
+    #[test]
+    fn wrong_region_codes_and_messages() {
+        let header = AuthError::WrongRegion {
+            presigned: false,
+            region: "us-east-1".into(),
+            expected: "eu-west-1".into(),
+        };
+        assert_eq!(header.code(), "AuthorizationHeaderMalformed");
+        assert_eq!(header.status(), 400);
+        assert_eq!(
+            header.to_string(),
+            "The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'eu-west-1'"
+        );
+        let query = AuthError::WrongRegion {
+            presigned: true,
+            region: "US".into(),
+            expected: "eu-west-1".into(),
+        };
+        assert_eq!(query.code(), "AuthorizationQueryParametersError");
+        assert_eq!(query.status(), 400);
+        assert_eq!(
+            query.to_string(),
+            "Error parsing the X-Amz-Credential parameter; the region 'US' is wrong; expecting 'eu-west-1'"
         );
     }
 }

@@ -684,9 +684,11 @@ fn parse_credential<'a>(
     }
     if let RegionPolicy::Exact(expected) = region_policy {
         if region != expected {
-            return Err(source.malformed(&format!(
-                "the region '{region}' is wrong; expecting '{expected}'"
-            )));
+            return Err(AuthError::WrongRegion {
+                presigned: source == Source::Query,
+                region: region.to_owned(),
+                expected: expected.clone(),
+            });
         }
     }
     if service != SERVICE {

@@ -708,6 +708,39 @@ pub fn parse_complete_multipart(body: &[u8]) -> Result<Vec<(u32, String)>, XmlEr
     Ok(parts)
 }
 
+/// One `Grant` of an `AccessControlPolicy`: the grantee's canonical ID (`None` for a group
+/// `URI` or an `EmailAddress` grantee) and the permission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclGrant {
+    pub grantee_id: Option<String>,
+    pub permission: String,
+}
+
+/// Parses the grants of an `AccessControlPolicy` (PutBucketAcl / PutObjectAcl body).
+pub fn parse_acl_grants(body: &[u8]) -> Result<Vec<AclGrant>, XmlError> {
+    let root = parse_document(body)?;
+    if root.name != "AccessControlPolicy" {
+        return Err(malformed("The root element must be AccessControlPolicy."));
+    }
+    let list = root
+        .child("AccessControlList")
+        .ok_or_else(|| malformed("An AccessControlPolicy needs an AccessControlList."))?;
+    list.children_named("Grant")
+        .map(|g| {
+            let grantee = g
+                .child("Grantee")
+                .ok_or_else(|| malformed("Every Grant needs a Grantee."))?;
+            let permission = g
+                .child("Permission")
+                .ok_or_else(|| malformed("Every Grant needs a Permission."))?;
+            Ok(AclGrant {
+                grantee_id: grantee.child("ID").map(|id| id.text.trim().to_owned()),
+                permission: permission.text.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// Parses an optional `CreateBucketConfiguration`: its `LocationConstraint`, if any. An empty
 /// (or whitespace-only) body is `Ok(None)`.
 pub fn parse_create_bucket(body: &[u8]) -> Result<Option<String>, XmlError> {
@@ -920,6 +953,37 @@ mod tests {
             .chain(std::iter::once("</Delete>".to_owned()))
             .collect();
         assert!(parse_delete(many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn parses_acl_grants() {
+        let ours = owner_full_control_acl(&owner());
+        assert_eq!(
+            parse_acl_grants(ours.as_bytes()).unwrap(),
+            [AclGrant {
+                grantee_id: Some("abc".into()),
+                permission: "FULL_CONTROL".into()
+            }]
+        );
+        let group = b"<AccessControlPolicy><Owner><ID>abc</ID></Owner><AccessControlList>\
+            <Grant><Grantee><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI>\
+            </Grantee><Permission>READ</Permission></Grant></AccessControlList>\
+            </AccessControlPolicy>";
+        assert_eq!(
+            parse_acl_grants(group).unwrap(),
+            [AclGrant {
+                grantee_id: None,
+                permission: "READ".into()
+            }]
+        );
+        for bad in [
+            &b"<Delete/>"[..],
+            b"<AccessControlPolicy/>",
+            b"<AccessControlPolicy><AccessControlList><Grant><Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>",
+            b"<AccessControlPolicy><AccessControlList><Grant><Grantee><ID>a</ID></Grantee></Grant></AccessControlList></AccessControlPolicy>",
+        ] {
+            assert!(parse_acl_grants(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

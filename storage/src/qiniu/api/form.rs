@@ -243,6 +243,7 @@ pub(crate) async fn form_upload(
             user_meta.remove(QETAG_META);
             let mut opts = put_options(&api.cfg, policy, &mime, user_meta);
             opts.user_meta.insert(QETAG_META.to_owned(), qetag);
+            opts.content_length = Some(size);
             let (guarded, tally) = Guarded::new(
                 staging::read_files(vec![(path.clone(), size)]),
                 u64::MAX,

@@ -222,6 +222,7 @@ pub(crate) async fn list(
         delimiter: get("delimiter").filter(|d| !d.is_empty()),
         after,
         max_keys: limit,
+        metadata: true,
     };
     let page = api.backend.list_objects(&bucket, &query).await?;
     let mut items = Vec::with_capacity(page.objects.len());

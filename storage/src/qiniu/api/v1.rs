@@ -419,6 +419,7 @@ pub(crate) async fn mkfile(
     }
     let mut opts = put_options(&api.cfg, policy, &mime, args.meta.clone());
     opts.user_meta.insert(QETAG_META.to_owned(), qetag.clone());
+    opts.content_length = Some(total);
     let expected = qetag.clone();
     let check: FinalCheck = Box::new(move |t| {
         if t.size == total && t.qetag.clone().finalize() == expected {

@@ -367,6 +367,7 @@ pub(crate) async fn complete(
     // Pass 2: into the backend, checked against pass 1.
     let mut opts = put_options(&api.cfg, policy, &mime, user_meta);
     opts.user_meta.insert(QETAG_META.to_owned(), qetag.clone());
+    opts.content_length = Some(total);
     let expected = qetag.clone();
     let check: FinalCheck = Box::new(move |t| {
         if t.size == total && t.qetag.clone().finalize() == expected {

@@ -137,3 +137,58 @@ impl Stream for VerifyingBody {
         }
     }
 }
+
+/// Most bytes of an unread request body [`drain_unread`] reads and discards.
+pub const MAX_DRAIN: u64 = 1 << 20;
+/// Longest [`drain_unread`] waits for them.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The request body, if no operation has taken it yet.
+pub(crate) type BodySlot = Option<Body>;
+
+/// Takes the body out of `slot` (an empty body if it was taken already).
+pub(crate) fn take_body(slot: &mut BodySlot) -> Body {
+    slot.take().unwrap_or_else(Body::empty)
+}
+
+/// Reads and discards a request body nobody read (the request failed, or its operation has
+/// no body), so the connection can carry the next request: closing a socket with unread
+/// data makes the kernel reset it, and a client that already sent its next request on the
+/// kept-alive connection (s3cmd does) sees the reset instead of an answer. As Go's HTTP
+/// server, only a small rest is drained: `false` when the body is larger than
+/// [`MAX_DRAIN`], slower than [`DRAIN_TIMEOUT`], broken, or not sent yet because the client
+/// waits for `100 Continue` (then the connection should close after the response).
+pub(crate) async fn drain_unread(headers: &axum::http::HeaderMap, body: Body) -> bool {
+    use futures::StreamExt;
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        return false;
+    }
+    let declared = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = header("transfer-encoding").is_some();
+    match declared {
+        Some(0) if !chunked => return true,
+        Some(n) if n > MAX_DRAIN => return false,
+        None if !chunked => return true,
+        _ => {}
+    }
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    read += c.len() as u64;
+                    if read > MAX_DRAIN {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, drain)
+        .await
+        .unwrap_or(false)
+}

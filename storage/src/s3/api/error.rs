@@ -166,6 +166,16 @@ impl From<AuthError> for S3Error {
                     max_allowed_skew_ms.to_string(),
                 );
         }
+        // As S3: the region to sign for, in the document (botocore and s3cmd read it and sign
+        // again) and, since a HEAD response has no document, as `x-amz-bucket-region` (one
+        // region serves every bucket here).
+        if let AuthError::WrongRegion { expected, .. } = &e {
+            if let Ok(v) = HeaderValue::from_str(expected) {
+                out.headers
+                    .push((HeaderName::from_static("x-amz-bucket-region"), v));
+            }
+            out = out.with("Region", expected.clone());
+        }
         out
     }
 }

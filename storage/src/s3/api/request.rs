@@ -83,6 +83,7 @@ pub enum Op {
     GetBucketLocation,
     GetBucketVersioning,
     GetBucketAcl,
+    PutBucketAcl,
     ListObjectsV1,
     ListObjectsV2,
     ListMultipartUploads,
@@ -93,6 +94,7 @@ pub enum Op {
     HeadObject,
     DeleteObject,
     GetObjectAcl,
+    PutObjectAcl,
     GetObjectTagging,
     CreateMultipartUpload,
     UploadPart,
@@ -166,6 +168,7 @@ impl Op {
                 ("GET", Some("location")) => Op::GetBucketLocation,
                 ("GET", Some("versioning")) => Op::GetBucketVersioning,
                 ("GET", Some("acl")) => Op::GetBucketAcl,
+                ("PUT", Some("acl")) => Op::PutBucketAcl,
                 ("GET", Some("uploads")) => Op::ListMultipartUploads,
                 ("POST", Some("delete")) => Op::DeleteObjects,
                 ("GET", Some("policy")) => Op::NoSuchConfiguration(
@@ -206,6 +209,7 @@ impl Op {
         match (m, sub) {
             ("POST", Some("uploads")) => Op::CreateMultipartUpload,
             ("GET", Some("acl")) => Op::GetObjectAcl,
+            ("PUT", Some("acl")) => Op::PutObjectAcl,
             ("GET", Some("tagging")) => Op::GetObjectTagging,
             (_, Some(_)) => Op::NotImplemented,
             ("PUT", None) if copy_source => Op::CopyObject,

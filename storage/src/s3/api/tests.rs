@@ -211,6 +211,7 @@ fn operations() {
         Op::NotImplemented
     );
     assert_eq!(op("GET", true, false, "acl", false), Op::GetBucketAcl);
+    assert_eq!(op("PUT", true, false, "acl", false), Op::PutBucketAcl);
     assert_eq!(
         op("GET", true, false, "uploads&prefix=x", false),
         Op::ListMultipartUploads
@@ -263,6 +264,8 @@ fn operations() {
     );
     assert_eq!(op("PUT", true, true, "tagging", false), Op::NotImplemented);
     assert_eq!(op("GET", true, true, "acl", false), Op::GetObjectAcl);
+    assert_eq!(op("PUT", true, true, "acl", false), Op::PutObjectAcl);
+    assert_eq!(op("PUT", true, true, "acl", true), Op::PutObjectAcl);
     assert_eq!(op("POST", true, true, "", false), Op::NotImplemented);
     assert_eq!(op("PATCH", true, true, "", false), Op::MethodNotAllowed);
 }
@@ -482,4 +485,377 @@ async fn verifying_body_decodes_aws_chunked() {
         auth_error_in(&err.unwrap()).unwrap().code(),
         "IncompleteBody"
     );
+}
+
+/// The S3 router over an empty memory backend, serving `region`, with one key pair.
+fn test_router(region: &str) -> Router {
+    let mut credentials = HashMap::new();
+    credentials.insert(
+        "AKIAIOSFODNN7EXAMPLE".to_owned(),
+        (
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
+            Access::default(),
+        ),
+    );
+    let cfg = S3Config {
+        region: region.to_owned(),
+        credentials,
+        ..S3Config::default()
+    };
+    router(
+        Arc::new(crate::backend::memory::MemoryBackend::new()),
+        Arc::new(cfg),
+    )
+}
+
+async fn send(app: Router, req: axum::http::Request<Body>) -> (StatusCode, HeaderMap, String) {
+    use tower::ServiceExt;
+    let resp = app.oneshot(req).await.expect("infallible");
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// A request signed for another region is refused as S3 does, naming the right region in
+/// `<Region>` and `x-amz-bucket-region`, which botocore and s3cmd use to sign again (s3cmd's
+/// default config signs for "US").
+#[tokio::test]
+async fn wrong_region_names_the_right_one() {
+    let date = UtcDateTime::from_unix(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let (day, stamp) = (date.iso8601_basic()[..8].to_owned(), date.iso8601_basic());
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{day}/US/s3/aws4_request,SignedHeaders=host;x-amz-content-sha256;x-amz-date,Signature={}",
+        "0".repeat(64)
+    );
+    for method in [Method::GET, Method::HEAD] {
+        let req = axum::http::Request::builder()
+            .method(method.clone())
+            .uri("/media/key.txt")
+            .header("host", "127.0.0.1:9000")
+            .header("x-amz-date", &stamp)
+            .header("x-amz-content-sha256", sigv4::EMPTY_SHA256)
+            .header("authorization", &authorization)
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = send(test_router("eu-test-1"), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}");
+        assert_eq!(
+            headers.get("x-amz-bucket-region").unwrap(),
+            "eu-test-1",
+            "{method}"
+        );
+        if method == Method::GET {
+            assert!(
+                body.contains("<Code>AuthorizationHeaderMalformed</Code>"),
+                "{body}"
+            );
+            assert!(body.contains("<Region>eu-test-1</Region>"), "{body}");
+        } else {
+            assert!(body.is_empty(), "{body}");
+        }
+    }
+
+    // A presigned URL: AuthorizationQueryParametersError, also with the region.
+    let query = format!(
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F{day}%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date={stamp}&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature={}",
+        "0".repeat(64)
+    );
+    let req = axum::http::Request::builder()
+        .uri(format!("/media/key.txt?{query}"))
+        .header("host", "127.0.0.1:9000")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(test_router("eu-test-1"), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.contains("<Code>AuthorizationQueryParametersError</Code>"),
+        "{body}"
+    );
+    assert!(body.contains("<Region>eu-test-1</Region>"), "{body}");
+
+    // Other malformed credentials carry no region (s3cmd would sign again forever).
+    let bad_service = authorization.replace("/US/s3/", "/eu-test-1/ec2/");
+    let req = axum::http::Request::builder()
+        .uri("/media/key.txt")
+        .header("host", "127.0.0.1:9000")
+        .header("x-amz-date", &stamp)
+        .header("x-amz-content-sha256", sigv4::EMPTY_SHA256)
+        .header("authorization", bad_service)
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(test_router("eu-test-1"), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!body.contains("<Region>"), "{body}");
+    assert!(headers.get("x-amz-bucket-region").is_none());
+}
+
+/// A request for `path` (with plain query parameters: `/b/k?acl`, `/b/k?partNumber=1`)
+/// presigned with the test key for `eu-test-1`, `headers` signed.
+fn presigned_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> axum::http::Request<Body> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // `/path?a&b=c`: decoded query parameters, signed.
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (
+            p,
+            q.split('&')
+                .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                .collect(),
+        ),
+        None => (path, Vec::new()),
+    };
+    let url = sigv4::presign_url(&sigv4::PresignRequest {
+        method,
+        scheme: "http",
+        host: "127.0.0.1:9000",
+        path,
+        query: &query,
+        headers,
+        credentials: sigv4::SigningCredentials {
+            access_key: "AKIAIOSFODNN7EXAMPLE",
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        },
+        region: "eu-test-1",
+        time: UtcDateTime::from_unix(now),
+        expires_secs: 60,
+    })
+    .unwrap();
+    let target = url.trim_start_matches("http://127.0.0.1:9000");
+    let mut b = axum::http::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "127.0.0.1:9000");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Body::from(body.into())).unwrap()
+}
+
+/// A copy of an object onto itself is legal when it changes the storage class (S3's
+/// documented way to change it; `rclone settier` does this) or the metadata, and refused
+/// otherwise, as S3 does.
+#[tokio::test]
+async fn self_copy_needs_a_change() {
+    let app = test_router("eu-test-1");
+    for (method, path) in [("PUT", "/media"), ("PUT", "/media/a.txt")] {
+        let body: &'static [u8] = if path == "/media" { b"" } else { b"hello" };
+        let (status, _, text) = send(
+            app.clone(),
+            presigned_request(method, path, &[("content-type", "text/x-a")], body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    }
+    let copy = |extra: &'static [(&'static str, &'static str)]| {
+        let mut headers = vec![("x-amz-copy-source", "/media/a.txt")];
+        headers.extend_from_slice(extra);
+        presigned_request("PUT", "/media/a.txt", &headers, Bytes::new())
+    };
+    let (status, _, text) = send(app.clone(), copy(&[])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("<Code>InvalidRequest</Code>"), "{text}");
+    let (status, _, text) = send(app.clone(), copy(&[("x-amz-metadata-directive", "COPY")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+
+    for extra in [
+        &[("x-amz-storage-class", "STANDARD_IA")][..],
+        &[
+            ("x-amz-metadata-directive", "COPY"),
+            ("x-amz-storage-class", "STANDARD"),
+        ][..],
+        &[("x-amz-metadata-directive", "REPLACE")][..],
+    ] {
+        let (status, _, text) = send(app.clone(), copy(extra)).await;
+        assert_eq!(status, StatusCode::OK, "{extra:?}: {text}");
+        assert!(text.contains("<CopyObjectResult"), "{text}");
+    }
+    // The data survived every rewrite; REPLACE without a Content-Type dropped it.
+    let (status, headers, text) = send(
+        app.clone(),
+        presigned_request("GET", "/media/a.txt", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "hello"));
+    assert_eq!(headers.get("content-type").unwrap(), "binary/octet-stream");
+}
+
+#[test]
+fn self_copy_changes() {
+    let mut h = HeaderMap::new();
+    assert!(!self_copy_changes_something(&h, false));
+    assert!(self_copy_changes_something(&h, true));
+    h.insert("x-amz-storage-class", HeaderValue::from_static("GLACIER"));
+    assert!(self_copy_changes_something(&h, false));
+}
+
+/// A body that counts the bytes read from it and whether it was read to its end.
+fn watched_body(len: usize) -> (Body, Arc<std::sync::atomic::AtomicUsize>) {
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = read.clone();
+    let chunks = (0..len.div_ceil(4096)).map(move |i| {
+        let n = 4096.min(len - i * 4096);
+        counter.fetch_add(n, Ordering::SeqCst);
+        Ok::<_, io::Error>(Bytes::from(vec![b'x'; n]))
+    });
+    (Body::from_stream(futures::stream::iter(chunks)), read)
+}
+
+/// A request body the operation does not read is drained (the connection stays usable:
+/// closing a socket with unread data resets it under a client that already sent its next
+/// request, which broke `s3cmd mv`); too large a body, or one held back for
+/// `100 Continue`, is left alone and the connection closes after the response.
+#[tokio::test]
+async fn unread_bodies_are_drained_or_the_connection_closes() {
+    let app = test_router("eu-test-1");
+    let req = |len: usize, extra: &[(&str, &str)]| {
+        let (body, read) = watched_body(len);
+        let mut b = axum::http::Request::builder()
+            .method("PUT")
+            .uri("/media/a.txt?tagging")
+            .header("host", "127.0.0.1:9000")
+            .header("content-length", len.to_string());
+        for (n, v) in extra {
+            b = b.header(*n, *v);
+        }
+        (b.body(body).unwrap(), read)
+    };
+    // Refused before authentication, with a small body: drained, kept alive.
+    let (r, read) = req(5000, &[]);
+    let (status, headers, _) = send(app.clone(), r).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(read.load(Ordering::SeqCst), 5000);
+    assert!(headers.get("connection").is_none());
+    // Larger than the drain limit: not read, the connection closes.
+    let big = body::MAX_DRAIN as usize + 1;
+    let (r, read) = req(big, &[]);
+    let (_, headers, _) = send(app.clone(), r).await;
+    assert_eq!(read.load(Ordering::SeqCst), 0);
+    assert_eq!(headers.get("connection").unwrap(), "close");
+    // The client waits for 100 Continue: not asked for, the connection closes.
+    let (r, read) = req(10, &[("expect", "100-continue")]);
+    let (_, headers, _) = send(app.clone(), r).await;
+    assert_eq!(read.load(Ordering::SeqCst), 0);
+    assert_eq!(headers.get("connection").unwrap(), "close");
+    // No body: nothing to do.
+    let r = axum::http::Request::builder()
+        .uri("/media/a.txt")
+        .header("host", "127.0.0.1:9000")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = send(app.clone(), r).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("connection").is_none());
+}
+
+/// PUT ?acl: the ACL Ember reports (owner FULL_CONTROL, or canned `private`) is accepted as
+/// a no-op (s3cmd sends it back after every `cp` and `mv`); any other grant is
+/// `NotImplemented`; a missing object is `NoSuchKey`.
+#[tokio::test]
+async fn put_acl_accepts_only_the_owner_acl() {
+    let app = test_router("eu-test-1");
+    for (path, body) in [("/media", &b""[..]), ("/media/a.txt", &b"hello"[..])] {
+        let (status, _, text) = send(app.clone(), presigned_request("PUT", path, &[], body)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    }
+    // What GET ?acl answers goes back as it is.
+    let (status, _, acl) = send(
+        app.clone(),
+        presigned_request("GET", "/media/a.txt?acl", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{acl}");
+    let acl = Bytes::from(acl);
+    for path in ["/media/a.txt?acl", "/media?acl"] {
+        let (status, _, text) = send(
+            app.clone(),
+            presigned_request("PUT", path, &[], acl.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+        let private = [("x-amz-acl", "private")];
+        let (status, _, text) = send(
+            app.clone(),
+            presigned_request("PUT", path, &private, Bytes::new()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    }
+    // Anything else is refused.
+    let public_read = [("x-amz-acl", "public-read")];
+    let grant = [(
+        "x-amz-grant-read",
+        "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+    )];
+    let everyone: &'static [u8] = b"<AccessControlPolicy><AccessControlList><Grant>\
+        <Grantee><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee>\
+        <Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>";
+    for (headers, body) in [
+        (&public_read[..], &b""[..]),
+        (&grant[..], &b""[..]),
+        (&[][..], everyone),
+    ] {
+        let req = presigned_request("PUT", "/media/a.txt?acl", headers, body);
+        let (status, _, text) = send(app.clone(), req).await;
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{headers:?}: {text}");
+    }
+    let req = presigned_request("PUT", "/media/a.txt?acl", &[], &b"<nope/>"[..]);
+    let (status, _, text) = send(app.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("MalformedACLError"), "{text}");
+    let req = presigned_request("PUT", "/media/missing.txt?acl", &[], acl.clone());
+    let (status, _, text) = send(app.clone(), req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+}
+
+/// `partNumber` reads: every object reads as a single part (the backend keeps no part
+/// boundaries), so part 1 is the whole object as a 206 range, as S3 answers for an object
+/// uploaded in one piece, and any other part is `InvalidPartNumber`, never other bytes.
+#[tokio::test]
+async fn part_number_reads_see_one_part() {
+    let app = test_router("eu-test-1");
+    for (path, body) in [("/media", &b""[..]), ("/media/a.txt", &b"hello"[..])] {
+        let (status, _, text) = send(app.clone(), presigned_request("PUT", path, &[], body)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    }
+    for method in ["GET", "HEAD"] {
+        let req = presigned_request(method, "/media/a.txt?partNumber=1", &[], Bytes::new());
+        let (status, headers, text) = send(app.clone(), req).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{method}: {text}");
+        assert_eq!(headers.get("content-range").unwrap(), "bytes 0-4/5");
+        assert_eq!(headers.get("content-length").unwrap(), "5");
+        assert!(headers.get("x-amz-mp-parts-count").is_none());
+        assert_eq!(text, if method == "GET" { "hello" } else { "" });
+    }
+    let req = presigned_request("GET", "/media/a.txt?partNumber=2", &[], Bytes::new());
+    let (status, _, text) = send(app.clone(), req).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{text}");
+    assert!(text.contains("<Code>InvalidPartNumber</Code>"), "{text}");
+    for bad in ["0", "10001", "x"] {
+        let path = format!("/media/a.txt?partNumber={bad}");
+        let req = presigned_request("GET", &path, &[], Bytes::new());
+        let (status, _, text) = send(app.clone(), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {text}");
+        assert!(text.contains("<Code>InvalidArgument</Code>"), "{text}");
+    }
+    let range = [("range", "bytes=0-1")];
+    let req = presigned_request("GET", "/media/a.txt?partNumber=1", &range, Bytes::new());
+    let (status, _, text) = send(app.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("<Code>InvalidRequest</Code>"), "{text}");
 }

@@ -496,9 +496,11 @@ fn region_policy_any() {
     let strict = VerifyConfig::new("eu-west-1");
     assert_eq!(
         verify_request(&req, &strict, &creds, T0).unwrap_err(),
-        AuthError::AuthorizationHeaderMalformed(
-            "The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'eu-west-1'".into()
-        )
+        AuthError::WrongRegion {
+            presigned: false,
+            region: "us-east-1".into(),
+            expected: "eu-west-1".into(),
+        }
     );
     let any = VerifyConfig {
         region: RegionPolicy::Any,
@@ -648,6 +650,10 @@ fn malformed_authorization_headers() {
         ),
     ] {
         match header_error(&auth(cred, sh, sig), &[]) {
+            e @ AuthError::WrongRegion { .. } => {
+                assert_eq!(e.code(), "AuthorizationHeaderMalformed");
+                assert!(e.to_string().contains(expected), "{cred}: {e}");
+            }
             AuthError::AuthorizationHeaderMalformed(m) => {
                 assert!(
                     m.starts_with("The authorization header is malformed; "),
@@ -860,6 +866,12 @@ fn malformed_presigned_parameters() {
     };
     let qerr = |q: String| match presigned_request(&q, T0).unwrap_err() {
         AuthError::AuthorizationQueryParametersError(m) => m,
+        e @ AuthError::WrongRegion {
+            presigned: true, ..
+        } => {
+            assert_eq!(e.code(), "AuthorizationQueryParametersError");
+            e.to_string()
+        }
         other => panic!("{q}: {other:?}"),
     };
     for name in [
