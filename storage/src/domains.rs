@@ -205,6 +205,10 @@ fn storage_error(e: &StorageError) -> Response {
         StorageError::NoSuchKey | StorageError::NoSuchBucket | StorageError::InvalidKey(_) => {
             plain(StatusCode::NOT_FOUND, "no such file\n")
         }
+        StorageError::Upstream(_) => {
+            tracing::warn!("storage: bucket-domain download failed: {e}");
+            plain(StatusCode::BAD_GATEWAY, "storage upstream unavailable\n")
+        }
         _ => {
             tracing::warn!("storage: bucket-domain download failed: {e}");
             plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n")

@@ -262,12 +262,14 @@ impl From<StorageError> for S3Error {
                     "We encountered an internal error. Please try again.",
                 )
             }
+            // The gateway's upstream failed: 503 (clients retry), the detail only in the log
+            // (it can name internal hosts).
             StorageError::Upstream(m) => {
                 tracing::warn!("s3: upstream error: {m}");
                 S3Error::new(
-                    S::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    format!("We encountered an internal error. Please try again. ({m})"),
+                    S::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The storage service behind this gateway is unavailable. Please try again.",
                 )
             }
         }

@@ -859,3 +859,13 @@ async fn part_number_reads_see_one_part() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("<Code>InvalidRequest</Code>"), "{text}");
 }
+
+#[test]
+fn upstream_failures_are_503_without_detail() {
+    let e = S3Error::from(StorageError::Upstream(
+        "GetObject: dispatch failure: connect to minio.internal:9000".into(),
+    ));
+    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.code, "ServiceUnavailable");
+    assert!(!e.message.contains("minio.internal"), "{}", e.message);
+}
