@@ -1,8 +1,9 @@
 //! Bucket download domains: `GET|HEAD https://media.example.com/<key>` serves an object of
 //! the bucket mapped to that host (`[storage] bucket_domains`), the way apps link images,
 //! voice clips and files. Public buckets need nothing; private ones a Qiniu-style
-//! `?e=<deadline>&token=<AK>:<sign>` or an S3 presigned query. Range, conditional requests
-//! and caching headers (ETag, Last-Modified, Cache-Control, Accept-Ranges) as for S3 GET.
+//! `?e=<deadline>&token=<AK>:<sign>` (S3 presigned URLs are served on the S3 endpoint, not
+//! here). Range, conditional requests and caching headers (ETag, Last-Modified,
+//! Cache-Control, Accept-Ranges) as for S3 GET.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
