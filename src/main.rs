@@ -164,6 +164,24 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     let cfg = load(path)?;
     let warnings = cfg.validate().with_context(|| name.clone())?;
     ember_common::tls::check(&cfg.tls).context("[tls]")?;
+    for cert in ember_common::tls::inspect(&cfg.tls).context("[tls]")? {
+        let file = cert
+            .cert
+            .as_deref()
+            .map_or("self-signed".to_owned(), |p| p.display().to_string());
+        let names = if cert.names.is_empty() {
+            "no DNS names".to_owned()
+        } else {
+            cert.names.join(", ")
+        };
+        let expiry = cert
+            .not_after
+            .and_then(|t| u64::try_from(t).ok())
+            .map_or("unknown".to_owned(), |t| {
+                ember_storage::time::UtcDateTime::from_unix(t).iso8601_extended()
+            });
+        println!("tls: {file}: {names}; expires {expiry}");
+    }
     for w in &warnings {
         println!("warning: {w}");
     }
