@@ -99,7 +99,8 @@ struct Server {
     pid: u32,
     child: Option<Child>,
     log: PathBuf,
-    _tmp: tempfile::TempDir,
+    /// Its data directory, config and log; handed to the caller once the server has stopped.
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -144,6 +145,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// CPU time (user + system, all threads) `pid` has used so far, seconds (`/proc/PID/stat`).
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces), from field 3 (state) on:
+    // utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<u64>() as f64 / hz
 }
 
 /// VmHWM and VmRSS of `pid`, bytes (`/proc/PID/status`).
@@ -229,7 +247,7 @@ fn start_ember(bin: &Path, dir: &Path) -> Result<Server> {
         pid,
         child: Some(child),
         log,
-        _tmp: tmp,
+        tmp: Some(tmp),
     };
     let until = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
@@ -295,7 +313,7 @@ fn start_s3s_fs(bin: &Path, dir: &Path) -> Result<Server> {
         pid: child.id(),
         child: Some(child),
         log,
-        _tmp: tmp,
+        tmp: Some(tmp),
     };
     let until = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&srv.addr, Duration::from_millis(200)).is_err() {
@@ -335,6 +353,9 @@ struct Row {
     get: Phase,
     large_put_mbs: f64,
     large_get_mbs: f64,
+    /// Server CPU (all threads) per body byte during the large PUTs / GETs, ns.
+    large_put_cpu_ns: f64,
+    large_get_cpu_ns: f64,
     hwm: u64,
     rss_idle: u64,
 }
@@ -404,13 +425,16 @@ async fn small_phase(
     ))
 }
 
-async fn large_phase(t: &Arc<Target>, a: &StorageArgs) -> Result<(f64, f64)> {
+/// Large objects: MB/s of the PUTs and the GETs, and the server's CPU ns per byte in each.
+async fn large_phase(t: &Arc<Target>, a: &StorageArgs, pid: u32) -> Result<[f64; 4]> {
     let mut chunk = vec![0u8; 1 << 20];
     rand::thread_rng().fill_bytes(&mut chunk);
     let chunk = Bytes::from(chunk);
     let sha = repeated_sha256(&chunk, a.large_mib);
     let bytes = (a.large_mib as u64) << 20;
     let mut c = Conn::open(t.clone()).await?;
+    let total = (bytes * a.large_reps as u64) as f64;
+    let cpu0 = proc_cpu_secs(pid);
     let t0 = Instant::now();
     for r in 0..a.large_reps {
         c.put(
@@ -420,7 +444,8 @@ async fn large_phase(t: &Arc<Target>, a: &StorageArgs) -> Result<(f64, f64)> {
         )
         .await?;
     }
-    let put = (bytes * a.large_reps as u64) as f64 / t0.elapsed().as_secs_f64() / MB;
+    let put = total / t0.elapsed().as_secs_f64() / MB;
+    let cpu1 = proc_cpu_secs(pid);
     let t0 = Instant::now();
     for r in 0..a.large_reps {
         let n = c.get(&format!("large-{r}")).await?;
@@ -428,16 +453,20 @@ async fn large_phase(t: &Arc<Target>, a: &StorageArgs) -> Result<(f64, f64)> {
             bail!("GET large-{r}: {n} bytes, expected {bytes}");
         }
     }
-    let get = (bytes * a.large_reps as u64) as f64 / t0.elapsed().as_secs_f64() / MB;
-    Ok((put, get))
+    let get = total / t0.elapsed().as_secs_f64() / MB;
+    let cpu2 = proc_cpu_secs(pid);
+    let ns = |secs: f64| secs * 1e9 / total;
+    Ok([put, get, ns(cpu1 - cpu0), ns(cpu2 - cpu1)])
 }
 
+/// Runs every phase against a fresh `kind` server; also returns its directory (data, log),
+/// which the caller removes at the very end (see [`run`]).
 fn run_server(
     kind: Kind,
     a: &StorageArgs,
     dir: &Path,
     rt: &tokio::runtime::Runtime,
-) -> Result<Row> {
+) -> Result<(Row, Option<tempfile::TempDir>)> {
     let mut srv = match kind {
         Kind::Ember => start_ember(&a.ember_bin.clone().unwrap_or_else(default_ember_bin), dir)?,
         Kind::S3sFs => start_s3s_fs(&a.s3s_fs_bin, dir)?,
@@ -459,9 +488,16 @@ fn run_server(
             .await
             .context("small GET")?;
         eprintln!("{}: small GET {:.0} ops/s", kind.name(), get.ops_s());
-        let (lp, lg) = large_phase(&t, a).await.context("large objects")?;
-        eprintln!("{}: large PUT {lp:.0} MB/s, GET {lg:.0} MB/s", kind.name());
-        anyhow::Ok((put, get, lp, lg))
+        let large = large_phase(&t, a, srv.pid).await.context("large objects")?;
+        eprintln!(
+            "{}: large PUT {:.0} MB/s ({:.2} ns CPU/B), GET {:.0} MB/s ({:.2} ns CPU/B)",
+            kind.name(),
+            large[0],
+            large[2],
+            large[1],
+            large[3]
+        );
+        anyhow::Ok((put, get, large))
     });
     let r = match r {
         Ok(r) => r,
@@ -473,21 +509,25 @@ fn run_server(
     srv.check_alive()?;
     let hwm = proc_mem(srv.pid).0;
     srv.stop();
-    Ok(Row {
+    let row = Row {
         name: kind.name(),
         fsync: kind.fsync_note(),
         put: r.0,
         get: r.1,
-        large_put_mbs: r.2,
-        large_get_mbs: r.3,
+        large_put_mbs: r.2[0],
+        large_get_mbs: r.2[1],
+        large_put_cpu_ns: r.2[2],
+        large_get_cpu_ns: r.2[3],
         hwm,
         rss_idle,
-    })
+    };
+    Ok((row, srv.tmp.take()))
 }
 
 /// Plain file copy of `mib` MiB (source already in the page cache, like the client's
-/// upload data), 1 MiB reads and writes, fdatasync before the clock stops. MB/s.
-fn baseline_copy(dir: &Path, mib: usize, reps: usize) -> Result<f64> {
+/// upload data), 1 MiB reads and writes, fdatasync before the clock stops. MB/s, and the
+/// directory holding the files (removed by the caller at the end).
+fn baseline_copy(dir: &Path, mib: usize, reps: usize) -> Result<(f64, tempfile::TempDir)> {
     let tmp = tempfile::Builder::new()
         .prefix("ember-bench-copy-")
         .tempdir_in(dir)?;
@@ -514,7 +554,15 @@ fn baseline_copy(dir: &Path, mib: usize, reps: usize) -> Result<f64> {
         }
         o.sync_data()?;
     }
-    Ok(((mib as u64) << 20) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / MB)
+    let mbs = ((mib as u64) << 20) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / MB;
+    Ok((mbs, tmp))
+}
+
+/// Writes every dirty page on the machine back (`sync`), so that a phase does not pay for
+/// the writeback of an earlier one (s3s-fs leaves its objects unsynced) or of other work.
+fn settle() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
 }
 
 pub fn run(a: StorageArgs) -> Result<()> {
@@ -531,19 +579,29 @@ pub fn run(a: StorageArgs) -> Result<()> {
         ServerChoice::S3sFs => &[Kind::S3sFs],
         ServerChoice::Both => &[Kind::Ember, Kind::S3sFs],
     };
+    // Every file stays until all is measured: removing a run's data right after it (the
+    // development VM's ext4 is mounted with `discard`) slowed whatever came next, the
+    // baseline copy at times to half its speed.
+    let mut keep = Vec::new();
+    settle();
+    let (copy, copy_dir) = baseline_copy(&dir, a.large_mib, a.large_reps)?;
+    keep.push(copy_dir);
+    eprintln!("baseline: file copy + fdatasync {copy:.0} MB/s");
     let mut rows = Vec::new();
     let mut failed = false;
     for &k in kinds {
+        settle();
         match run_server(k, &a, &dir, &rt) {
-            Ok(r) => rows.push(r),
+            Ok((r, tmp)) => {
+                rows.push(r);
+                keep.extend(tmp);
+            }
             Err(e) => {
                 eprintln!("ember-bench: {}: {e:#}", k.name());
                 failed = true;
             }
         }
     }
-    let copy = baseline_copy(&dir, a.large_mib, a.large_reps)?;
-    eprintln!("baseline: file copy + fdatasync {copy:.0} MB/s");
     if a.json {
         let servers: Vec<_> = rows
             .iter()
@@ -558,6 +616,8 @@ pub fn run(a: StorageArgs) -> Result<()> {
                     "large_put_mb_s": r.large_put_mbs,
                     "large_get_mb_s": r.large_get_mbs,
                     "large_put_vs_copy": r.large_put_mbs / copy,
+                    "large_put_server_cpu_ns_per_byte": r.large_put_cpu_ns,
+                    "large_get_server_cpu_ns_per_byte": r.large_get_cpu_ns,
                     "peak_rss_bytes": r.hwm,
                     "idle_rss_bytes": r.rss_idle,
                 })
@@ -578,6 +638,7 @@ pub fn run(a: StorageArgs) -> Result<()> {
     } else {
         println!("{}", table(&rows, copy, &a));
     }
+    drop(keep);
     if failed {
         bail!("a server run failed (see above)");
     }
@@ -628,6 +689,8 @@ fn table(rows: &[Row], copy: f64, a: &StorageArgs) -> String {
     out += &line("large PUT MB/s", &|r| r.large_put_mbs, 0);
     out += &line("large GET MB/s", &|r| r.large_get_mbs, 0);
     out += &line("large PUT / file copy", &|r| r.large_put_mbs / copy, 2);
+    out += &line("large PUT srv CPU ns/B", &|r| r.large_put_cpu_ns, 2);
+    out += &line("large GET srv CPU ns/B", &|r| r.large_get_cpu_ns, 2);
     out += &line("peak RSS MB (VmHWM)", &|r| r.hwm as f64 / MB, 1);
     out += &format!(
         "\nbaseline: {} MiB file copy + fdatasync on the same disk: {copy:.0} MB/s (MB = 10^6 B)\n",

@@ -60,6 +60,9 @@ impl VerifyingBody {
             finished: false,
         }
     }
+    /// Runs on the request's task, in parallel with the fs backend's writer and MD5 threads
+    /// (`backend/fs.rs`, "The write path"): SHA-256 is 0.7 ns/B there, with SHA-NI (`sha2`
+    /// picks it at run time), about a fifth of a large PUT's CPU.
     fn observe(&mut self, data: &[u8]) {
         if let Some(h) = &mut self.sha256 {
             h.update(data);
