@@ -27,16 +27,18 @@ use ember_common::http::HttpServer;
 use ember_storage::backend::memory::MemoryBackend;
 use ember_storage::backend::s3::{GatewayError, S3Backend, BUFFER};
 use ember_storage::backend::{
-    Backend, ByteStream, CopyMetadata, ListPage, ListQuery, ObjectMeta, PartInfo, PutOptions,
+    Backend, ByteStream, CopyMetadata, ListPage, ListQuery, ObjectMeta, PutOptions,
     StandardHeaders, StorageError, UploadInfo, MIN_PART_SIZE,
 };
 use ember_storage::qiniu::api::{stored_qetag, QETAG_META};
 use ember_storage::server::{open_backend, router, StartError};
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/model.rs"]
+mod model;
 mod support;
+use model::*;
 #[path = "support/upstream.rs"]
 mod upstream;
 use upstream::Peer;
@@ -48,35 +50,6 @@ const EMBER: (&str, &str) = ("AKIAEMBERCLIENT", "ember-client-secret");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// splitmix64: deterministic and good enough to drive the model test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn upstream_cfg(peer: &Peer, ak: &str, sk: &str) -> UpstreamConfig {
     UpstreamConfig {
@@ -103,42 +76,12 @@ fn body(data: impl Into<Bytes>, chunk: usize) -> ByteStream {
     Box::pin(futures::stream::iter(chunks))
 }
 
-/// Some of `data`, then an error: a client that went away.
-fn failing_body(data: Vec<u8>) -> ByteStream {
-    Box::pin(futures::stream::iter(vec![
-        Ok(Bytes::from(data)),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "client went away",
-        )),
-    ]))
-}
-
 /// All of `data`, then an error: a front end's verdict on the finished body (a signature or
 /// checksum that did not match) — the upstream must not keep the object.
 fn late_failing_body(data: Vec<u8>, chunk: usize) -> ByteStream {
     Box::pin(body(data, chunk).chain(futures::stream::once(async {
         Err(std::io::Error::other("bad chunk signature"))
     })))
-}
-
-async fn read_all(mut s: ByteStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(chunk) = s.next().await {
-        out.extend_from_slice(&chunk.expect("body chunk"));
-    }
-    out
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn md5_raw(data: &[u8]) -> [u8; 16] {
-    Md5::digest(data).into()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -190,15 +133,6 @@ fn page(mut p: ListPage) -> ListPage {
     p
 }
 
-fn parts(v: Vec<PartInfo>) -> Vec<PartInfo> {
-    v.into_iter()
-        .map(|mut p| {
-            p.last_modified = UNIX_EPOCH;
-            p
-        })
-        .collect()
-}
-
 fn uploads(v: Vec<UploadInfo>, ids: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = v
         .into_iter()
@@ -209,16 +143,6 @@ fn uploads(v: Vec<UploadInfo>, ids: &HashMap<String, String>) -> Vec<(String, St
         .collect();
     v.sort();
     v
-}
-
-fn q(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max_keys: usize) -> ListQuery {
-    ListQuery {
-        prefix: prefix.into(),
-        delimiter: delimiter.map(Into::into),
-        after: after.map(Into::into),
-        max_keys,
-        metadata: true,
-    }
 }
 
 /// Every page of a listing.
@@ -291,35 +215,6 @@ fn key_pool() -> Vec<String> {
     keys.push(format!("{}/{}", "d".repeat(600), "e".repeat(423)));
     keys.push("文".repeat(341)); // 1023 bytes
     keys
-}
-
-const INVALID_KEYS: &[&str] = &["", "..", "a/../b", "./x", "a/.", "nul\0byte", "tab\tkey"];
-
-fn random_key(rng: &mut Rng, pool: &[String]) -> String {
-    match rng.below(100) {
-        0..=79 => rng.pick(pool).clone(),
-        80..=94 => {
-            let segs = ["a", "b", "/", "文", "é", "x y", ".", "-", "b/"];
-            (0..1 + rng.below(6)).map(|_| *rng.pick(&segs)).collect()
-        }
-        95..=97 => rng.pick(INVALID_KEYS).to_string(),
-        _ => "z".repeat(1025),
-    }
-}
-
-fn random_prefix(rng: &mut Rng, pool: &[String]) -> String {
-    match rng.below(10) {
-        0..=5 => rng
-            .pick(&[
-                "", "", "a", "a/", "b", "b/", "/", "文", "dir/", "dir/sub/", "zzz", "a/b", "é",
-            ])
-            .to_string(),
-        _ => {
-            let k = rng.pick(pool).clone();
-            let cut: Vec<usize> = k.char_indices().map(|(i, _)| i).chain([k.len()]).collect();
-            k[..*rng.pick(&cut)].to_owned()
-        }
-    }
 }
 
 fn random_opts(rng: &mut Rng, data: &[u8]) -> PutOptions {

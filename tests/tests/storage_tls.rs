@@ -14,13 +14,9 @@ use ember_storage::s3::sigv4::{presign_url, PresignRequest, SigningCredentials};
 use ember_storage::time::UtcDateTime;
 use ember_tests::metrics::scrape;
 use ember_tests::Ember;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    StreamOwned,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 const AK: &str = "EMBERTESTACCESSKEY01";
 const SK: &str = "ember-test-secret-key-0123456789";
@@ -88,59 +84,13 @@ fn client(trusted: Option<&[&Cert]>) -> Arc<ClientConfig> {
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(ring())))
+            .with_custom_certificate_verifier(Arc::new(ember_common::tls::AcceptAnyServerCert(
+                ring(),
+            )))
             .with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
-}
-
-#[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Splits a raw response into its head and body.
