@@ -86,14 +86,23 @@ impl Domains {
             raw_path: &raw_path,
             raw_query: &raw_query,
         };
-        if let Err(e) = authorize_download(&self.qiniu, bucket, &download, now_unix()) {
-            return (
-                StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED),
-                [(CONTENT_TYPE, "application/json")],
-                serde_json::json!({ "error": e.message }).to_string(),
-            )
-                .into_response();
-        }
+        let now = now_unix();
+        let default_cache = match authorize_download(&self.qiniu, bucket, &download, now) {
+            Ok(None) => DEFAULT_PUBLIC_CACHE.to_owned(),
+            // A signed link expires: no shared cache may keep it, nor any cache past expiry.
+            Ok(Some(grant)) => format!(
+                "private, max-age={}",
+                grant.deadline.saturating_sub(now).min(DEFAULT_MAX_AGE)
+            ),
+            Err(e) => {
+                return (
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED),
+                    [(CONTENT_TYPE, "application/json")],
+                    serde_json::json!({ "error": e.message }).to_string(),
+                )
+                    .into_response();
+            }
+        };
         let meta = match self.backend.head_object(bucket, &key).await {
             Ok(m) => m,
             Err(e) => return storage_error(&e),
@@ -108,7 +117,7 @@ impl Domains {
             Precondition::Proceed => {}
             Precondition::NotModified => {
                 let mut r = StatusCode::NOT_MODIFIED.into_response();
-                caching_headers(r.headers_mut(), &meta);
+                caching_headers(r.headers_mut(), &meta, &default_cache);
                 return r;
             }
             Precondition::Failed(_) => {
@@ -144,7 +153,7 @@ impl Domains {
         };
         let mut r = (status, body).into_response();
         let h = r.headers_mut();
-        caching_headers(h, &meta);
+        caching_headers(h, &meta, &default_cache);
         set(h, CONTENT_LENGTH, &length.to_string());
         if let Some(range) = &range {
             set(
@@ -173,17 +182,19 @@ impl Domains {
     }
 }
 
-/// ETag, Last-Modified, Accept-Ranges and Cache-Control (the object's own, else a day for
-/// public buckets' immutable-by-key media; private links expire, so `private`).
-fn caching_headers(h: &mut HeaderMap, meta: &ObjectMeta) {
+/// Cache lifetime of a download without its own Cache-Control: a day (media are immutable
+/// by key); signed links get at most their remaining validity.
+const DEFAULT_MAX_AGE: u64 = 86_400;
+const DEFAULT_PUBLIC_CACHE: &str = "public, max-age=86400";
+
+/// ETag, Last-Modified, Accept-Ranges and Cache-Control (the object's own, else `default`:
+/// a day for public buckets' immutable-by-key media; private links expire, so `private`
+/// for at most their remaining validity).
+fn caching_headers(h: &mut HeaderMap, meta: &ObjectMeta, default: &str) {
     set(h, ETAG, &format!("\"{}\"", meta.etag));
     set(h, LAST_MODIFIED, &http_date(meta.last_modified));
     set(h, ACCEPT_RANGES, "bytes");
-    let cache = meta
-        .headers
-        .cache_control
-        .as_deref()
-        .unwrap_or("public, max-age=86400");
+    let cache = meta.headers.cache_control.as_deref().unwrap_or(default);
     set(h, CACHE_CONTROL, cache);
 }
 

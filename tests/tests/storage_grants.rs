@@ -145,6 +145,32 @@ fn download(ember: &Ember, url: &str) -> (u16, Vec<u8>) {
     (code, out.stdout)
 }
 
+/// The Cache-Control of a bucket-domain download (a HEAD request).
+fn cache_control(ember: &Ember, url: &str) -> String {
+    let addr = ember.addr("storage/http");
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .unwrap();
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-I",
+        "--connect-to",
+        &format!("{host}:80:{}:{}", addr.ip(), addr.port()),
+        url,
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("cache-control")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
 fn file_of(dir: &Path, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
     let path = dir.join(name);
@@ -200,6 +226,13 @@ fn presigned_put_grant_uploads_exactly_what_was_granted() {
         got.len(),
         String::from_utf8_lossy(&got[..got.len().min(200)])
     );
+    // A signed link is cacheable only privately, and not past its expiry (300 s).
+    let cache = cache_control(&ember, url);
+    let max_age: u64 = cache
+        .strip_prefix("private, max-age=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cache-control {cache:?}"));
+    assert!((290..=300).contains(&max_age), "{cache}");
     // The URL is signed: without its token, or with the key changed, it is refused.
     let unsigned = url.split_once('?').unwrap().0;
     assert_eq!(download(&ember, unsigned).0, 401);
