@@ -26,19 +26,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use ember_common::config::StorageConfig;
+use ember_common::config::{public_url_problem, StorageConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{validate_bucket, validate_key};
+use crate::qiniu::api::now_unix;
 use crate::qiniu::token::{sign_download_url, Credentials, PutPolicy};
+use crate::s3::api::header_list;
 use crate::s3::sigv4::{
     self, uri_encode, AuthMethod, Authenticated, Credential, PayloadMode, PresignRequest,
     RequestView, SigningCredentials, VerifyConfig,
@@ -159,18 +160,18 @@ fn url_of_listener(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Scheme, host as clients send it (default port dropped), of a `public_url`.
+/// Scheme, host as clients send it (default port dropped), of a `public_url` (the rule is
+/// `[storage] public_url`'s, [`public_url_problem`]; a trailing `/` is already trimmed).
 fn split_public_url(url: &str) -> Result<(&str, &str), GrantError> {
     let bad = || GrantError::InvalidPublicUrl(url.to_owned());
+    if url.is_empty() || public_url_problem(url).is_err() {
+        return Err(bad());
+    }
     let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
     let host = match scheme {
         "https" => rest.strip_suffix(":443").unwrap_or(rest),
-        "http" => rest.strip_suffix(":80").unwrap_or(rest),
-        _ => return Err(bad()),
+        _ => rest.strip_suffix(":80").unwrap_or(rest),
     };
-    if host.is_empty() || host.contains(['/', '?', '#', '@']) {
-        return Err(bad());
-    }
     Ok((scheme, host))
 }
 
@@ -192,12 +193,6 @@ fn check_expiry(secs: u64) -> Result<(), GrantError> {
     } else {
         Err(GrantError::InvalidExpiry(secs))
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Grants {
@@ -674,7 +669,8 @@ fn authenticate(
     let mut headers: Vec<(&str, &[u8])> = header_list(&parts.headers);
     // Generic SigV4 signers (not S3's) send no `x-amz-content-sha256`: their payload hash is
     // the body's, which is known here, so it stands in (a signature over another body fails).
-    let body_hash = crate::s3::sigv4::hex_encode(&Sha256::digest(body));
+    let digest: [u8; 32] = Sha256::digest(body).into();
+    let body_hash = crate::s3::sigv4::hex_encode(&digest);
     if !parts.headers.contains_key("x-amz-content-sha256") {
         headers.push(("x-amz-content-sha256", body_hash.as_bytes()));
     }
@@ -716,8 +712,7 @@ fn authenticate(
     }
     match verified.payload {
         PayloadMode::Sha256(expected) => {
-            let got: [u8; 32] = Sha256::digest(body).into();
-            if got != expected {
+            if digest != expected {
                 return Err(json_error(
                     StatusCode::BAD_REQUEST,
                     "XAmzContentSHA256Mismatch",
@@ -735,13 +730,6 @@ fn authenticate(
         }
     }
     Ok(verified.access_key)
-}
-
-fn header_list(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
-    headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -325,3 +325,65 @@ fn header_names_are_canonical() {
     assert_eq!(canonical_header_name("if-none-match"), "If-None-Match");
     assert_eq!(canonical_header_name("x"), "X");
 }
+
+/// An S3-style signed call to the HTTP API: `x-amz-content-sha256` of `signed_body`, the
+/// request carrying `sent_body`.
+async fn call_signed(signed_body: &str, sent_body: &str) -> (StatusCode, String) {
+    use tower::ServiceExt;
+    let now = now_unix();
+    let time = UtcDateTime::from_unix(now);
+    let amz_date = time.iso8601_basic();
+    let hash = sigv4::hex_encode(&Sha256::digest(signed_body.as_bytes()));
+    let path = "/_ember/v1/grants/download";
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("host", b"s3.example.test"),
+        ("x-amz-content-sha256", hash.as_bytes()),
+        ("x-amz-date", amz_date.as_bytes()),
+    ];
+    let view = RequestView {
+        method: "POST",
+        raw_path: path,
+        raw_query: "",
+        headers: &headers,
+    };
+    let auth = sigv4::authorization_header(
+        &view,
+        SigningCredentials {
+            access_key: AK,
+            secret_key: SK,
+        },
+        "us-east-1",
+        &time,
+        &["host", "x-amz-content-sha256", "x-amz-date"],
+        &hash,
+    );
+    let req = axum::http::Request::post(path)
+        .header("host", "s3.example.test")
+        .header("x-amz-content-sha256", &hash)
+        .header("x-amz-date", &amz_date)
+        .header("authorization", auth)
+        .body(Body::from(sent_body.to_owned()))
+        .unwrap();
+    let res = router(&config()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http_api_checks_the_signed_payload_hash() {
+    let body = r#"{"bucket":"media","key":"a.jpg","expires_secs":60}"#;
+    let (status, text) = call_signed(body, body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        text.contains("https://media.example.test/a.jpg?e="),
+        "{text}"
+    );
+    // Signed for one body, sent with another: refused before anything is granted.
+    let other = r#"{"bucket":"media","key":"b.jpg","expires_secs":60}"#;
+    let (status, text) = call_signed(body, other).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("XAmzContentSHA256Mismatch"), "{text}");
+}

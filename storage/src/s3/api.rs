@@ -408,7 +408,7 @@ fn with_query_headers(headers: &HeaderMap, extra: Vec<(String, Vec<u8>)>) -> Hea
     merged
 }
 
-fn header_list(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
+pub(crate) fn header_list(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
     headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
