@@ -1,0 +1,1 @@
+//! Admin API endpoints (users, tokens, groups, members, messages, devices, history).

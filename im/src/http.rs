@@ -1,0 +1,1 @@
+//! Short-link HTTP API: `GET /api/version` and `POST /route` (which node to connect to).
