@@ -205,7 +205,7 @@ http_listen = {im_http}
 mqtt_listen = {im_mqtt}
 # MQTT over TLS listeners (8883), certificate from [tls]; [] disables.
 mqtts_listen = {im_mqtts}
-# MQTT over WebSocket listeners (web clients, path /mqtt); [] disables.
+# MQTT over WebSocket listeners (web clients; any URL path, usually /mqtt); [] disables.
 ws_listen = {im_ws}
 # MQTT over secure WebSocket listeners (8084), certificate from [tls]; [] disables.
 wss_listen = {im_wss}
