@@ -459,12 +459,10 @@ impl Session {
     /// Appends every queued outgoing packet (CONNACK, SUBACK, PUBACK, responses, PINGRESP,
     /// DISCONNECT) to `out`.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) {
-        if out.is_empty() && self.out.capacity() <= OUT_KEEP {
-            out.append(&mut self.out);
-        } else {
-            out.extend_from_slice(&self.out);
-            self.out.clear();
-        }
+        // A copy, so the caller keeps (and reuses) its own write buffer; a large response
+        // does not leave a large buffer behind in an idle session.
+        out.extend_from_slice(&self.out);
+        self.out.clear();
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
         }
@@ -1099,6 +1097,30 @@ mod tests {
     }
 
     #[test]
+    fn wills_accepted_never_published() {
+        for (level, props) in [(4u8, &[][..]), (5, &[0][..])] {
+            let mut t = T::new();
+            let b = connect_bytes(
+                level,
+                0x2E,
+                10,
+                props,
+                b"phone",
+                Some((b"w/t", b"bye")),
+                None,
+                None,
+            );
+            t.feed(&b).unwrap();
+            assert!(matches!(t.events()[..], [SessionEvent::Connect { .. }]));
+            t.s.accept_connect("alice", "phone");
+            t.out();
+            t.feed(&[0xE0, 0]).unwrap();
+            assert!(matches!(t.events()[..], [SessionEvent::Disconnected]));
+            assert!(t.out().is_empty());
+        }
+    }
+
+    #[test]
     fn mqtt_3_1_0_1_first_packet_connect() {
         let mut t = T::new();
         assert!(matches!(t.feed(&[0xC0, 0]), Err(SessionError::Protocol(_))));
@@ -1353,7 +1375,7 @@ mod tests {
     }
 
     #[test]
-    fn qos2_v311_processed_once() {
+    fn mqtt_4_3_3_2_qos2_v311_processed_once() {
         let mut t = T::connected(V3, 10);
         let p = publish(V3, 2, "rq/send", 5, None, b"{}");
         t.feed(&p).unwrap();
@@ -1394,7 +1416,7 @@ mod tests {
     }
 
     #[test]
-    fn v5_qos2_not_supported() {
+    fn mqtt5_3_2_2_11_qos2_above_maximum_qos() {
         let mut t = T::connected(V5, 10);
         assert!(t.feed(&publish(V5, 2, "rq/send", 5, None, b"{}")).is_err());
         assert_eq!(t.out(), disconnect(0x9B));
@@ -1402,7 +1424,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_refused() {
+    fn mqtt5_3_2_2_14_retain_refused() {
         let mut t = T::connected(V5, 10);
         let mut p = publish(V5, 0, "rq/send", 0, None, b"{}");
         p[0] |= 1;
@@ -1417,7 +1439,7 @@ mod tests {
     }
 
     #[test]
-    fn topic_alias_refused() {
+    fn mqtt5_3_3_2_9_topic_alias_refused() {
         let mut t = T::connected(V5, 10);
         let mut p = PropWriter::new();
         p.u16(prop::TOPIC_ALIAS, 1);
@@ -1428,7 +1450,7 @@ mod tests {
     }
 
     #[test]
-    fn receive_maximum_exceeded() {
+    fn mqtt5_3_3_4_7_receive_maximum_exceeded() {
         let mut t = T::connected(V5, 10);
         for id in 1..=4 {
             t.feed(&publish(V5, 1, "rq/sync", id, None, b"{}")).unwrap();
@@ -1445,7 +1467,7 @@ mod tests {
     }
 
     #[test]
-    fn keep_alive_v311() {
+    fn mqtt_3_1_2_24_keep_alive_v311() {
         let mut t = T::connected(V3, 10);
         assert_eq!(t.s.poll_timeout(), Some(t.t0 + Duration::from_secs(15)));
         t.advance(9_000);
@@ -1514,7 +1536,7 @@ mod tests {
     }
 
     #[test]
-    fn oversize_refused_before_buffering() {
+    fn mqtt5_3_2_2_15_oversize_refused_before_buffering() {
         let mut t = T::connected(V5, 10);
         // Only the fixed header of a 5,000-byte PUBLISH has arrived.
         assert_eq!(
@@ -1572,7 +1594,7 @@ mod tests {
     }
 
     #[test]
-    fn close_reasons() {
+    fn mqtt_3_1_4_2_close_reasons_and_takeover() {
         for (why, code) in [
             (CloseReason::SessionTakenOver, 0x8E),
             (CloseReason::SlowConsumer, 0x97),
