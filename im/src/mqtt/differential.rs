@@ -746,3 +746,117 @@ fn server_packets_decode_in_rmqtt() {
         assert_eq!(d.reason_code as u8, code);
     }
 }
+
+fn gen_any(rng: &mut Rng, v5: bool) -> Vec<u8> {
+    match rng.below(8) {
+        0 => gen_connect(rng, if v5 { 5 } else { 4 }),
+        1 | 2 => gen_publish(rng, v5),
+        3 => gen_ack(rng, v5),
+        4 => gen_subscribe(rng, v5),
+        5 => gen_unsubscribe(rng, v5),
+        6 => frame(0xC0, &[]),
+        _ if v5 && rng.coin() => gen_auth(rng),
+        _ => gen_disconnect(rng, v5),
+    }
+}
+
+/// Flips, inserts, deletes or truncates a few bytes.
+fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
+    for _ in 0..1 + rng.below(3) {
+        if b.is_empty() {
+            return;
+        }
+        let i = rng.below(b.len() as u64) as usize;
+        match rng.below(4) {
+            0 => b[i] ^= 1 << rng.below(8),
+            1 => b.insert(i, rng.next() as u8),
+            2 => {
+                b.remove(i);
+            }
+            _ => b.truncate(i),
+        }
+    }
+}
+
+/// Mutated valid packets: decoding never panics, whatever decodes here also decodes in
+/// rmqtt (which is more lenient), and the session answers in whole packets.
+#[test]
+fn mutated_packets_never_panic() {
+    let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+    let mut disagree = Vec::new();
+    for _ in 0..4000 {
+        let v5 = rng.coin();
+        let mut b = gen_any(&mut rng, v5);
+        mutate(&mut rng, &mut b);
+        for version in [Version::V311, Version::V5] {
+            let Ok(Some(n)) = frame_len(&b, usize::MAX) else {
+                continue;
+            };
+            if n > b.len() {
+                continue;
+            }
+            let frame = &b[..n];
+            let Ok(p) = decode(frame, version) else {
+                continue;
+            };
+            let _ = format!("{p:?}");
+            let mut buf = BytesMut::from(frame);
+            let theirs_ok = match version {
+                Version::V311 => v3::Codec::new(0)
+                    .decode(&mut buf)
+                    .is_ok_and(|p| p.is_some()),
+                Version::V5 => v5::Codec::new(0, 0)
+                    .decode(&mut buf)
+                    .is_ok_and(|p| p.is_some()),
+            };
+            // rmqtt refuses empty client ids, and its v5 codec CONNECTs other than level 5.
+            let connect_skip =
+                matches!(&p, Packet::Connect(c) if c.client_id.is_empty() || c.version != version);
+            if !theirs_ok && !connect_skip {
+                disagree.push((version, frame.to_vec()));
+            }
+        }
+        // The session too, after a valid CONNECT.
+        for v in [Version::V311, Version::V5] {
+            let now = std::time::Instant::now();
+            let mut s = crate::session::Session::new(
+                crate::session::SessionConfig {
+                    max_packet_bytes: 1024,
+                    keepalive_max_secs: 30,
+                    receive_maximum: 2,
+                },
+                now,
+            );
+            let level = if v == Version::V5 { 5 } else { 4 };
+            let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 10];
+            if level == 5 {
+                connect.push(0);
+            }
+            connect.extend_from_slice(&[0, 1, b'd']);
+            connect[1] = (connect.len() - 2) as u8;
+            let mut buf = BytesMut::from(&connect[..]);
+            s.handle_bytes(now, &mut buf).unwrap();
+            s.accept_connect("alice", "d");
+            buf.extend_from_slice(&b);
+            let _ = s.handle_bytes(now, &mut buf);
+            while let Some(e) = s.poll_event() {
+                if let crate::session::SessionEvent::Request { ticket, .. } = e {
+                    s.complete(ticket, b"{}");
+                }
+            }
+            let mut out = Vec::new();
+            s.poll_transmit(&mut out);
+            let mut rest = &out[..];
+            while !rest.is_empty() {
+                let n = frame_len(rest, usize::MAX).unwrap().unwrap();
+                rest = &rest[n..];
+            }
+        }
+    }
+    assert!(
+        disagree.is_empty(),
+        "{} accepted here, refused by rmqtt: {:02x?}",
+        disagree.len(),
+        &disagree[..disagree.len().min(5)]
+    );
+}

@@ -167,10 +167,10 @@ pub fn decode(frame: &[u8], version: Version) -> Result<Packet<'_>, DecodeError>
     Ok(match ty {
         kind::CONNECT => Packet::Connect(Box::new(connect::decode(body)?)),
         kind::PUBLISH => Packet::Publish(publish::decode(flags, body, version)?),
-        kind::PUBACK => Packet::PubAck(publish::decode_ack(body, version)?),
-        kind::PUBREC => Packet::PubRec(publish::decode_ack(body, version)?),
-        kind::PUBREL => Packet::PubRel(publish::decode_ack(body, version)?),
-        kind::PUBCOMP => Packet::PubComp(publish::decode_ack(body, version)?),
+        kind::PUBACK => Packet::PubAck(publish::decode_ack(body, version, AckKind::PubAck)?),
+        kind::PUBREC => Packet::PubRec(publish::decode_ack(body, version, AckKind::PubRec)?),
+        kind::PUBREL => Packet::PubRel(publish::decode_ack(body, version, AckKind::PubRel)?),
+        kind::PUBCOMP => Packet::PubComp(publish::decode_ack(body, version, AckKind::PubComp)?),
         kind::SUBSCRIBE => Packet::Subscribe(subscribe::decode_subscribe(body, version)?),
         kind::UNSUBSCRIBE => Packet::Unsubscribe(subscribe::decode_unsubscribe(body, version)?),
         kind::PINGREQ => {
@@ -178,11 +178,12 @@ pub fn decode(frame: &[u8], version: Version) -> Result<Packet<'_>, DecodeError>
             Packet::PingReq
         }
         kind::DISCONNECT => {
-            let (reason, props) = reason_and_props(body, version, Ctx::Disconnect)?;
+            let (reason, props) =
+                reason_and_props(body, version, Ctx::Disconnect, reason::DISCONNECT_CODES)?;
             Packet::Disconnect(Disconnect { reason, props })
         }
         kind::AUTH if version == Version::V5 => {
-            let (reason, props) = reason_and_props(body, version, Ctx::Auth)?;
+            let (reason, props) = reason_and_props(body, version, Ctx::Auth, reason::AUTH_CODES)?;
             Packet::Auth(Auth { reason, props })
         }
         kind::CONNACK | kind::SUBACK | kind::UNSUBACK | kind::PINGRESP => {
@@ -195,11 +196,12 @@ pub fn decode(frame: &[u8], version: Version) -> Result<Packet<'_>, DecodeError>
 }
 
 /// DISCONNECT / AUTH body: empty (3.1.1, or v5 success), reason, or reason + properties.
-fn reason_and_props(
-    body: &[u8],
+fn reason_and_props<'a>(
+    body: &'a [u8],
     version: Version,
     ctx: Ctx,
-) -> Result<(u8, Props<'_>), DecodeError> {
+    valid: &'static [u8],
+) -> Result<(u8, Props<'a>), DecodeError> {
     if version == Version::V311 {
         no_body(body)?;
         return Ok((0, Props::default()));
@@ -209,6 +211,11 @@ fn reason_and_props(
     let mut props = Props::default();
     if !r.is_empty() {
         reason = r.u8()?;
+        if !valid.contains(&reason) {
+            return Err(DecodeError::Malformed(
+                "MQTT-3.14.2-1 / MQTT-3.15.2-1: reason code not valid for this packet",
+            ));
+        }
     }
     if !r.is_empty() {
         props = Props::read(&mut r, ctx)?;
@@ -359,6 +366,17 @@ mod tests {
         assert!(decode(&[0xF0, 0], Version::V311).is_err());
         // Properties not valid in a DISCONNECT.
         assert!(decode(&[0xE0, 4, 0, 2, 0x01, 1], Version::V5).is_err());
+    }
+
+    #[test]
+    fn mqtt5_3_14_2_1_and_3_15_2_1_reason_codes() {
+        assert!(decode(&[0xE0, 1, 0x8E], Version::V5).is_ok());
+        assert!(matches!(
+            decode(&[0xE0, 1, 0x01], Version::V5),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(decode(&[0xF0, 1, 0x19], Version::V5).is_ok());
+        assert!(decode(&[0xF0, 1, 0x87], Version::V5).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use super::header::{varint_len, write_bytes, write_varint, Reader};
 use super::props::{id, Ctx, Props};
+use super::reason;
 use super::{DecodeError, Version};
 
 /// A decoded PUBLISH, borrowing the packet.
@@ -105,7 +106,11 @@ pub struct Ack<'a> {
     pub props: Props<'a>,
 }
 
-pub(super) fn decode_ack(body: &[u8], version: Version) -> Result<Ack<'_>, DecodeError> {
+pub(super) fn decode_ack(
+    body: &[u8],
+    version: Version,
+    kind: AckKind,
+) -> Result<Ack<'_>, DecodeError> {
     let mut r = Reader::new(body);
     let packet_id = r.packet_id()?;
     let mut ack = Ack {
@@ -118,6 +123,15 @@ pub(super) fn decode_ack(body: &[u8], version: Version) -> Result<Ack<'_>, Decod
         Version::V5 => {
             if !r.is_empty() {
                 ack.reason = r.u8()?;
+                let valid = match kind {
+                    AckKind::PubAck | AckKind::PubRec => reason::PUBACK_CODES,
+                    AckKind::PubRel | AckKind::PubComp => reason::PUBREL_CODES,
+                };
+                if !valid.contains(&ack.reason) {
+                    return Err(DecodeError::Malformed(
+                        "MQTT-3.4.2-1: reason code not valid for this acknowledgement",
+                    ));
+                }
             }
             if !r.is_empty() {
                 ack.props = Props::read(&mut r, Ctx::Ack)?;
@@ -314,6 +328,14 @@ mod tests {
         };
         assert_eq!((a.reason, a.props.reason_string), (0x92, Some("")));
         assert!(decode_packet(&[0x50, 2, 0, 0], Version::V5).is_err());
+    }
+
+    #[test]
+    fn mqtt5_3_4_2_1_ack_reason_codes() {
+        assert!(decode_packet(&[0x40, 3, 0, 1, 0x10], Version::V5).is_ok());
+        assert!(decode_packet(&[0x40, 3, 0, 1, 0x92], Version::V5).is_err());
+        assert!(decode_packet(&[0x70, 3, 0, 1, 0x92], Version::V5).is_ok());
+        assert!(decode_packet(&[0x62, 3, 0, 1, 0x87], Version::V5).is_err());
     }
 
     #[test]

@@ -60,6 +60,16 @@ fn options(b: u8, version: Version) -> Result<SubOptions, DecodeError> {
     }
 }
 
+/// A topic filter string: at least one character (MQTT-4.7.3-1); the grammar is checked by
+/// the session with [`valid_filter`], so a bad filter gets a failure code, not a close.
+fn filter<'a>(r: &mut Reader<'a>) -> Result<&'a str, DecodeError> {
+    let f = r.str()?;
+    if f.is_empty() {
+        return Err(DecodeError::Malformed("MQTT-4.7.3-1: empty topic filter"));
+    }
+    Ok(f)
+}
+
 pub(super) fn decode_subscribe(
     body: &[u8],
     version: Version,
@@ -74,7 +84,7 @@ pub(super) fn decode_subscribe(
     let mut lr = Reader::new(list);
     let mut count = 0;
     while !lr.is_empty() {
-        lr.str()?;
+        filter(&mut lr)?;
         options(lr.u8()?, version)?;
         count += 1;
     }
@@ -105,7 +115,7 @@ pub(super) fn decode_unsubscribe(
     let mut lr = Reader::new(list);
     let mut count = 0;
     while !lr.is_empty() {
-        lr.str()?;
+        filter(&mut lr)?;
         count += 1;
     }
     if count == 0 {
@@ -276,6 +286,12 @@ mod tests {
         };
         assert_eq!(u.filters().collect::<Vec<_>>(), vec!["a", "bc"]);
         assert!(decode_packet(&[0xA2, 2, 0, 4], Version::V311).is_err());
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_empty_filter() {
+        assert!(decode_packet(&[0x82, 5, 0, 1, 0, 0, 0], Version::V311).is_err());
+        assert!(decode_packet(&[0xA2, 4, 0, 1, 0, 0], Version::V311).is_err());
     }
 
     #[test]
