@@ -1041,3 +1041,338 @@ impl RateLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CoreConfig {
+        CoreConfig {
+            max_message_bytes: 64,
+            recall_window_ms: 1000,
+            group_max_members: 5,
+        }
+    }
+
+    fn core_with(users: &[&str]) -> Core {
+        let mut c = Core::new(cfg(), Loaded::default());
+        let specs: Vec<UserSpec> = users
+            .iter()
+            .map(|u| UserSpec {
+                uid: u.to_string(),
+                name: None,
+                extra: None,
+            })
+            .collect();
+        c.upsert_users(0, &specs).unwrap();
+        c.take_batch();
+        c
+    }
+
+    fn as_user(u: &str) -> Caller {
+        Caller {
+            user: Some(u.into()),
+            device: "d1".into(),
+        }
+    }
+
+    fn body(s: &str) -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(s.to_owned()).unwrap())
+    }
+
+    fn sent(r: &Result<(Response, Vec<Effect>), ApiError>) -> (u64, u64) {
+        match r {
+            Ok((Response::Sent { mid, seq, .. }, _)) => (*mid, *seq),
+            other => panic!("not sent: {other:?}"),
+        }
+    }
+
+    fn group(c: &mut Core, members: &[&str]) {
+        c.create_group(
+            0,
+            &GroupSpec {
+                gid: "g1".into(),
+                name: None,
+                owner: None,
+                extra: None,
+                members: members.iter().map(|s| s.to_string()).collect(),
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn user_seqs_are_per_user() {
+        let mut c = core_with(&["a", "b", "c"]);
+        let to = |u: &str| Target::User(u.into());
+        assert_eq!(sent(&c.send(1, &as_user("a"), to("b"), "1", body("1"))), (1, 1));
+        assert_eq!(sent(&c.send(1, &as_user("a"), to("c"), "2", body("1"))), (2, 2));
+        let r = c.send(1, &as_user("b"), to("a"), "1", body("1"));
+        assert_eq!(sent(&r), (3, 2)); // b: received 1, now sends 2
+        let b = c.take_batch();
+        assert_eq!(b.events.len(), 3);
+        assert_eq!(b.events[2].seq_from, Some(2));
+        assert_eq!(b.events[2].seq_to, Some(3)); // a's third event
+        let Ok((_, effects)) = r else { panic!() };
+        let Effect::Deliver(Delivery::Users { to, skip }) = &effects[0] else {
+            panic!()
+        };
+        assert_eq!(skip.as_ref().map(|s| &*s.1), Some("d1"));
+        let seqs: Vec<(String, u64)> = to
+            .iter()
+            .map(|(u, p)| {
+                let e: serde_json::Value = serde_json::from_slice(p).unwrap();
+                (u.to_string(), e["seq"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(seqs, vec![("b".into(), 2), ("a".into(), 3)]);
+    }
+
+    #[test]
+    fn send_rules() {
+        let mut c = core_with(&["a", "b"]);
+        let b = |s: &str| Target::User(s.into());
+        let e = c.send(1, &as_user("a"), b("zed"), "1", body("1")).unwrap_err();
+        assert_eq!(e.code, 404);
+        let e = c.send(1, &as_user("a"), b("a/b"), "1", body("1")).unwrap_err();
+        assert_eq!(e.code, 400);
+        let big = format!("\"{}\"", "x".repeat(100));
+        let e = c.send(1, &as_user("a"), b("b"), "1", body(&big)).unwrap_err();
+        assert_eq!(e.code, 413);
+        let e = c.send(1, &as_user("a"), b("b"), "", body("1")).unwrap_err();
+        assert_eq!(e.code, 400);
+        let e = c
+            .send(1, &as_user("a"), Target::Group("g1".into()), "1", body("1"))
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        assert!(c.take_batch().is_empty());
+    }
+
+    #[test]
+    fn cid_dedupe() {
+        let mut c = core_with(&["a", "b"]);
+        let first = sent(&c.send(1, &as_user("a"), Target::User("b".into()), "c", body("1")));
+        let again = c.send(5, &as_user("a"), Target::User("b".into()), "c", body("1"));
+        assert_eq!(sent(&again), first);
+        assert!(again.unwrap().1.is_empty(), "a duplicate is not delivered again");
+        let e = c
+            .send(5, &as_user("a"), Target::User("b".into()), "c", body("2"))
+            .unwrap_err();
+        assert_eq!(e.code, 409);
+        // Another sender may use the same cid.
+        let other = sent(&c.send(5, &as_user("b"), Target::User("a".into()), "c", body("1")));
+        assert_ne!(other.0, first.0);
+        assert_eq!(c.take_batch().events.len(), 2);
+        // After the TTL the cid is free again.
+        c.prune(CID_TTL_MS + 10);
+        let later = sent(&c.send(
+            CID_TTL_MS + 10,
+            &as_user("a"),
+            Target::User("b".into()),
+            "c",
+            body("2"),
+        ));
+        assert_ne!(later.0, first.0);
+    }
+
+    #[test]
+    fn recall_window_and_sender() {
+        let mut c = core_with(&["a", "b"]);
+        let (mid, _) = sent(&c.send(100, &as_user("a"), Target::User("b".into()), "1", body("1")));
+        assert_eq!(c.recall(200, &as_user("b"), mid).unwrap_err().code, 403);
+        assert_eq!(c.recall(1200, &as_user("a"), mid).unwrap_err().code, 410);
+        assert_eq!(c.recall(200, &as_user("a"), 999).unwrap_err().code, 404);
+        let (resp, effects) = c.recall(1100, &as_user("a"), mid).unwrap();
+        assert!(matches!(resp, Response::Recalled { .. }));
+        let Effect::Deliver(Delivery::Users { to, .. }) = &effects[0] else {
+            panic!()
+        };
+        assert_eq!(to.len(), 2);
+        assert_eq!(c.recall(1100, &as_user("a"), mid).unwrap_err().code, 409);
+        let batch = c.take_batch();
+        assert_eq!(batch.recalls, vec![mid]);
+        let ev = batch.events.last().unwrap();
+        assert_eq!((ev.kind, ev.reference), (EventKind::Recall, Some(mid)));
+        assert_eq!((ev.seq_from, ev.seq_to), (Some(2), Some(2)));
+        // After pruning, the message is past the window.
+        c.prune(5000);
+        assert_eq!(c.recall(5000, &as_user("a"), mid).unwrap_err().code, 410);
+        // The system may recall at any age only while it is indexed; older ids answer 410.
+        let system = Caller {
+            user: None,
+            device: "admin".into(),
+        };
+        assert_eq!(c.recall(5000, &system, mid).unwrap_err().code, 410);
+    }
+
+    #[test]
+    fn group_messages_are_stored_once() {
+        let mut c = core_with(&["a", "b", "c", "d"]);
+        group(&mut c, &["a", "b", "c"]);
+        c.take_batch();
+        let r = c.send(1, &as_user("a"), Target::Group("g1".into()), "1", body("1"));
+        let (mid, seq) = sent(&r);
+        assert_eq!(seq, 2, "after the add notice");
+        let b = c.take_batch();
+        assert_eq!(b.events.len(), 1);
+        assert_eq!((b.events[0].id, b.events[0].gseq), (mid, Some(2)));
+        assert_eq!((b.events[0].seq_from, b.events[0].seq_to), (None, None));
+        let Ok((_, effects)) = r else { panic!() };
+        assert_eq!(effects.len(), 1);
+        assert!(matches!(&effects[0], Effect::Deliver(Delivery::Group { .. })));
+        let e = c
+            .send(1, &as_user("d"), Target::Group("g1".into()), "1", body("1"))
+            .unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(e.error, "not_member");
+    }
+
+    #[test]
+    fn membership_notices() {
+        let mut c = core_with(&["a", "b", "c", "d", "e", "f", "g"]);
+        group(&mut c, &["a", "b"]);
+        let b = c.take_batch();
+        // One group notice + one user notice per member.
+        assert_eq!(b.events.len(), 3);
+        assert_eq!(b.events[0].gseq, Some(1));
+        assert_eq!(b.events[1].seq_to, Some(1));
+        assert_eq!(c.dir.joined("g1", "a"), Some(0));
+        let ((added, removed), effects) = c
+            .change_members(1, "g1", &["c".into(), "a".into()], &["b".into()])
+            .unwrap();
+        assert_eq!((added, removed), (1, 1));
+        let kinds: Vec<&str> = effects
+            .iter()
+            .map(|e| match e {
+                Effect::Membership(MembershipChange::Added { .. }) => "added",
+                Effect::Membership(MembershipChange::Removed { .. }) => "removed",
+                Effect::Membership(MembershipChange::Dismissed { .. }) => "dismissed",
+                Effect::Deliver(Delivery::Group { .. }) => "group",
+                Effect::Deliver(Delivery::Users { .. }) => "users",
+            })
+            .collect();
+        assert_eq!(kinds, ["group", "users", "removed", "added", "group", "users"]);
+        assert_eq!(c.dir.joined("g1", "c"), Some(2), "joined before its add notice");
+        assert_eq!(c.dir.joined("g1", "b"), None);
+        assert_eq!(c.dir.groups_of("b"), Vec::<Arc<str>>::new());
+        // Over the member limit.
+        let many: Vec<String> = ["d", "e", "f", "g"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(c.change_members(2, "g1", &many, &[]).unwrap_err().code, 400);
+        assert_eq!(c.change_members(2, "g1", &["nobody".into()], &[]).unwrap_err().code, 404);
+        let effects = c.dismiss_group(3, "g1").unwrap();
+        assert!(matches!(
+            effects.last(),
+            Some(Effect::Membership(MembershipChange::Dismissed { .. }))
+        ));
+        assert!(c.dir.group("g1").is_none());
+        assert!(c.dir.groups_of("a").is_empty());
+        assert_eq!(c.dismiss_group(3, "g1").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn notices_are_chunked() {
+        let mut c = Core::new(
+            CoreConfig {
+                group_max_members: 2000,
+                ..cfg()
+            },
+            Loaded::default(),
+        );
+        let specs: Vec<UserSpec> = (0..1000)
+            .map(|i| UserSpec {
+                uid: format!("u{i}"),
+                name: None,
+                extra: None,
+            })
+            .collect();
+        c.upsert_users(0, &specs).unwrap();
+        c.take_batch();
+        let ids: Vec<String> = specs.iter().map(|s| s.uid.clone()).collect();
+        c.create_group(
+            0,
+            &GroupSpec {
+                gid: "big".into(),
+                name: None,
+                owner: Some("u0".into()),
+                extra: None,
+                members: ids,
+            },
+        )
+        .unwrap();
+        let b = c.take_batch();
+        let group_notices = b.events.iter().filter(|e| e.gseq.is_some()).count();
+        assert_eq!(group_notices, 2);
+        assert_eq!(b.events.len(), 1002);
+    }
+
+    #[test]
+    fn read_receipts() {
+        let mut c = core_with(&["a", "b", "c"]);
+        let (mid, _) = sent(&c.send(1, &as_user("a"), Target::User("b".into()), "1", body("1")));
+        let r = ReadReq {
+            id: None,
+            peer: Some("a".into()),
+            mid: Some(mid),
+            g: None,
+            seq: None,
+        };
+        c.read(2, &as_user("b"), &r).unwrap();
+        group(&mut c, &["a", "b"]);
+        let gr = ReadReq {
+            id: None,
+            peer: None,
+            mid: None,
+            g: Some("g1".into()),
+            seq: Some(1),
+        };
+        c.read(3, &as_user("b"), &gr).unwrap();
+        assert_eq!(c.read(3, &as_user("c"), &gr).unwrap_err().code, 403);
+        let bad = ReadReq { seq: Some(9), ..gr };
+        assert_eq!(c.read(3, &as_user("b"), &bad).unwrap_err().code, 400);
+        let batch = c.take_batch();
+        assert_eq!(batch.cursors.len(), 1);
+        let reads: Vec<&EventRow> = batch
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::Read)
+            .collect();
+        assert_eq!(reads.len(), 2);
+        assert_eq!((reads[0].seq_from, reads[0].seq_to), (Some(2), Some(2)));
+        assert_eq!((reads[1].seq_from, reads[1].seq_to), (Some(4), None));
+    }
+
+    #[test]
+    fn rate_limit() {
+        let mut r = RateLimiter::new(2, 3);
+        let u: Arc<str> = "a".into();
+        assert!((0..3).all(|_| r.allow(&u, 0)));
+        assert!(!r.allow(&u, 0));
+        assert!(r.allow(&u, 500), "one token per 500 ms");
+        assert!(!r.allow(&u, 500));
+        assert!(r.allow(&"b".into(), 500), "per user");
+        let mut off = RateLimiter::new(0, 0);
+        assert!((0..1000).all(|_| off.allow(&u, 0)));
+    }
+
+    #[test]
+    fn load_restores_counters() {
+        let mut c = core_with(&["a", "b"]);
+        sent(&c.send(1, &as_user("a"), Target::User("b".into()), "1", body("1")));
+        let b = c.take_batch();
+        let loaded = Loaded {
+            users: c.dir.users.values().cloned().collect(),
+            user_heads: vec![("a".into(), 1), ("b".into(), 1)],
+            max_event_id: 1,
+            recent: b.events.clone(),
+            ..Loaded::default()
+        };
+        let mut c2 = Core::new(cfg(), loaded);
+        // The cid cache came back with the message.
+        let again = c2.send(2, &as_user("a"), Target::User("b".into()), "1", body("1"));
+        assert_eq!(sent(&again), (1, 1));
+        assert_eq!(
+            sent(&c2.send(2, &as_user("a"), Target::User("b".into()), "2", body("1"))),
+            (2, 2)
+        );
+    }
+}
