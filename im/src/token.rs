@@ -99,9 +99,7 @@ impl TokenKey {
             return Err(TokenError::Malformed);
         }
         let (signed, mac) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let claims = signed
-            .strip_prefix(PREFIX)
-            .ok_or(TokenError::Malformed)?;
+        let claims = signed.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
         let mac = URL_SAFE_NO_PAD
             .decode(mac)
             .map_err(|_| TokenError::Malformed)?;
@@ -210,11 +208,19 @@ mod tests {
             TokenKey::new(b"key-two").verify(&t, 150),
             Err(TokenError::BadSignature)
         );
-        let forged_claims = URL_SAFE_NO_PAD.encode(br#"{"u":"bob","d":"phone","iat":100,"exp":200}"#);
+        let forged_claims =
+            URL_SAFE_NO_PAD.encode(br#"{"u":"bob","d":"phone","iat":100,"exp":200}"#);
         let mac = t.rsplit_once('.').unwrap().1;
         let forged = format!("EM1.{forged_claims}.{mac}");
         assert_eq!(k.verify(&forged, 150), Err(TokenError::BadSignature));
-        for bad in ["", "EM1.", "EM1..", "EM2.a.b", "EM1.abc.!!!", "EM1.abc.AAAA"] {
+        for bad in [
+            "",
+            "EM1.",
+            "EM1..",
+            "EM2.a.b",
+            "EM1.abc.!!!",
+            "EM1.abc.AAAA",
+        ] {
             assert_eq!(k.verify(bad, 150), Err(TokenError::Malformed), "{bad}");
         }
         // A correctly signed but non-JSON claims part.
@@ -233,22 +239,46 @@ mod tests {
         let tb = t.as_bytes();
         assert!(check_login(&k, LIVE, "alice", "phone", tb, 150).is_ok());
         use ConnectRefusal::*;
-        assert_eq!(check_login(&k, LIVE, "alice", "phone", b"junk", 150), Err(BadCredentials));
-        assert_eq!(check_login(&k, LIVE, "alice", "phone", &[0xff, 0xfe], 150), Err(BadCredentials));
-        assert_eq!(check_login(&k, LIVE, "alice", "phone", tb, 250), Err(BadCredentials));
-        assert_eq!(check_login(&k, None, "alice", "phone", tb, 150), Err(NotAuthorized));
+        assert_eq!(
+            check_login(&k, LIVE, "alice", "phone", b"junk", 150),
+            Err(BadCredentials)
+        );
+        assert_eq!(
+            check_login(&k, LIVE, "alice", "phone", &[0xff, 0xfe], 150),
+            Err(BadCredentials)
+        );
+        assert_eq!(
+            check_login(&k, LIVE, "alice", "phone", tb, 250),
+            Err(BadCredentials)
+        );
+        assert_eq!(
+            check_login(&k, None, "alice", "phone", tb, 150),
+            Err(NotAuthorized)
+        );
         let disabled = Some(UserState {
             disabled: true,
             tokens_after: 0,
         });
-        assert_eq!(check_login(&k, disabled, "alice", "phone", tb, 150), Err(NotAuthorized));
-        assert_eq!(check_login(&k, LIVE, "bob", "phone", tb, 150), Err(BadCredentials));
-        assert_eq!(check_login(&k, LIVE, "alice", "laptop", tb, 150), Err(BadClientId));
+        assert_eq!(
+            check_login(&k, disabled, "alice", "phone", tb, 150),
+            Err(NotAuthorized)
+        );
+        assert_eq!(
+            check_login(&k, LIVE, "bob", "phone", tb, 150),
+            Err(BadCredentials)
+        );
+        assert_eq!(
+            check_login(&k, LIVE, "alice", "laptop", tb, 150),
+            Err(BadClientId)
+        );
         let revoked = Some(UserState {
             disabled: false,
             tokens_after: 101,
         });
-        assert_eq!(check_login(&k, revoked, "alice", "phone", tb, 150), Err(BadCredentials));
+        assert_eq!(
+            check_login(&k, revoked, "alice", "phone", tb, 150),
+            Err(BadCredentials)
+        );
         let same_second = Some(UserState {
             disabled: false,
             tokens_after: 100,

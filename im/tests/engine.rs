@@ -51,7 +51,12 @@ fn caller(u: &str, d: &str) -> Caller {
     }
 }
 
-fn submit(e: &Engine, c: Caller, method: Method, json: &str) -> Receiver<Result<Response, ApiError>> {
+fn submit(
+    e: &Engine,
+    c: Caller,
+    method: Method,
+    json: &str,
+) -> Receiver<Result<Response, ApiError>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let req = parse_request(method, json.as_bytes()).expect("valid request");
     e.submit(
@@ -105,7 +110,12 @@ async fn one_to_one_delivery_carries_each_users_seq() {
     e.upsert_users(users(&["a", "b", "c"])).await.unwrap();
     assert!(e.user("a").is_some() && e.user("zz").is_none());
     // b has one event already, so the seqs differ.
-    sent(call(&e, caller("c", "p"), Method::Send, r#"{"to":"b","cid":"x","body":1}"#));
+    sent(call(
+        &e,
+        caller("c", "p"),
+        Method::Send,
+        r#"{"to":"b","cid":"x","body":1}"#,
+    ));
     let (mid, seq) = sent(call(
         &e,
         caller("a", "phone"),
@@ -122,7 +132,11 @@ async fn one_to_one_delivery_carries_each_users_seq() {
         .iter()
         .map(|(u, p)| {
             let v = json(p);
-            (u.to_string(), v["seq"].as_u64().unwrap(), v["mid"].as_u64().unwrap())
+            (
+                u.to_string(),
+                v["seq"].as_u64().unwrap(),
+                v["mid"].as_u64().unwrap(),
+            )
         })
         .collect();
     assert_eq!(got, vec![("a".into(), 1, mid), ("b".into(), 2, mid)]);
@@ -138,9 +152,20 @@ async fn one_to_one_delivery_carries_each_users_seq() {
 
     // History of the pair, newest first, from each side with its own seq.
     for _ in 0..3 {
-        call(&e, caller("b", "tab"), Method::Send, r#"{"to":"a","cid":"r","body":2}"#).unwrap();
+        call(
+            &e,
+            caller("b", "tab"),
+            Method::Send,
+            r#"{"to":"a","cid":"r","body":2}"#,
+        )
+        .unwrap();
     }
-    let (evs, _) = events(call(&e, caller("a", "phone"), Method::History, r#"{"peer":"b"}"#));
+    let (evs, _) = events(call(
+        &e,
+        caller("a", "phone"),
+        Method::History,
+        r#"{"peer":"b"}"#,
+    ));
     assert_eq!(evs.len(), 2);
     assert!(evs[0].mid > evs[1].mid);
     let (evs, more) = events(call(
@@ -152,25 +177,43 @@ async fn one_to_one_delivery_carries_each_users_seq() {
     assert_eq!((evs.len(), evs[0].mid, more), (1, mid, false));
 
     // Recall: pushed to both, reads back recalled with no body.
-    let r = call(&e, caller("a", "phone"), Method::Recall, &format!(r#"{{"mid":{mid}}}"#));
+    let r = call(
+        &e,
+        caller("a", "phone"),
+        Method::Recall,
+        &format!(r#"{{"mid":{mid}}}"#),
+    );
     assert!(matches!(r, Ok(Response::Recalled { .. })), "{r:?}");
     let (evs, _) = events(call(&e, caller("b", "tab"), Method::Sync, r#"{"seq":0}"#));
     let orig = evs.iter().find(|e| e.mid == mid).unwrap();
     assert!(orig.recalled && orig.body.is_none());
     assert!(evs.iter().any(|e| e.reference == Some(mid)));
     assert_eq!(
-        call(&e, caller("b", "tab"), Method::Recall, &format!(r#"{{"mid":{mid}}}"#))
-            .unwrap_err()
-            .code,
+        call(
+            &e,
+            caller("b", "tab"),
+            Method::Recall,
+            &format!(r#"{{"mid":{mid}}}"#)
+        )
+        .unwrap_err()
+        .code,
         403
     );
     // 1:1 read receipt lands on both timelines.
-    call(&e, caller("b", "tab"), Method::Read, &format!(r#"{{"peer":"a","mid":{mid}}}"#)).unwrap();
+    call(
+        &e,
+        caller("b", "tab"),
+        Method::Read,
+        &format!(r#"{{"peer":"a","mid":{mid}}}"#),
+    )
+    .unwrap();
     let (evs, _) = events(call(&e, caller("a", "phone"), Method::Sync, r#"{}"#));
     assert!(evs.iter().any(|e| e.k == ember_im::proto::EventKind::Read));
     e.shutdown();
     assert_eq!(
-        call(&e, caller("a", "phone"), Method::Sync, "").unwrap_err().code,
+        call(&e, caller("a", "phone"), Method::Sync, "")
+            .unwrap_err()
+            .code,
         503
     );
 }
@@ -191,11 +234,20 @@ async fn group_delivery_once_membership_first() {
     .unwrap();
     assert_eq!(e.groups_of("b"), vec![Arc::<str>::from("g1")]);
     sink.recs.lock().clear();
-    e.change_members("g1", vec!["c".into()], vec![]).await.unwrap();
-    let (mid, seq) = sent(call(&e, caller("c", "d"), Method::Send, r#"{"g":"g1","cid":"1","body":"x"}"#));
+    e.change_members("g1", vec!["c".into()], vec![])
+        .await
+        .unwrap();
+    let (mid, seq) = sent(call(
+        &e,
+        caller("c", "d"),
+        Method::Send,
+        r#"{"g":"g1","cid":"1","body":"x"}"#,
+    ));
     assert_eq!(seq, 3);
     let recs = sink.recs.lock().clone();
-    assert!(matches!(&recs[0], Rec::Member(MembershipChange::Added { users, .. }) if users.len() == 1));
+    assert!(
+        matches!(&recs[0], Rec::Member(MembershipChange::Added { users, .. }) if users.len() == 1)
+    );
     let groups: Vec<&Delivery> = recs
         .iter()
         .filter_map(|r| match r {
@@ -214,34 +266,67 @@ async fn group_delivery_once_membership_first() {
     // Pull from the joined seq on; non-members are refused.
     let (evs, _) = events(call(&e, caller("c", "d"), Method::Pull, r#"{"g":"g1"}"#));
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
-    let (evs, _) = events(call(&e, caller("a", "d"), Method::Pull, r#"{"g":"g1","after":1}"#));
+    let (evs, _) = events(call(
+        &e,
+        caller("a", "d"),
+        Method::Pull,
+        r#"{"g":"g1","after":1}"#,
+    ));
     assert_eq!(evs.len(), 2);
     e.upsert_users(users(&["z"])).await.unwrap();
     let err = call(&e, caller("z", "d"), Method::Pull, r#"{"g":"g1"}"#).unwrap_err();
     assert_eq!(err.error, "not_member");
-    let (evs, _) = events(call(&e, caller("a", "d"), Method::History, r#"{"g":"g1","limit":2}"#));
+    let (evs, _) = events(call(
+        &e,
+        caller("a", "d"),
+        Method::History,
+        r#"{"g":"g1","limit":2}"#,
+    ));
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2]);
     // Sync reports group heads.
     let r = call(&e, caller("b", "d"), Method::Sync, r#"{"groups":true}"#).unwrap();
-    let Response::Events { groups, .. } = r else { panic!() };
+    let Response::Events { groups, .. } = r else {
+        panic!()
+    };
     assert_eq!(groups, Some(vec![(Arc::<str>::from("g1"), 3)]));
 
     // Receipts.
     call(&e, caller("b", "d"), Method::Read, r#"{"g":"g1","seq":3}"#).unwrap();
     call(&e, caller("a", "d"), Method::Read, r#"{"g":"g1","seq":2}"#).unwrap();
-    let r = call(&e, caller("a", "d"), Method::Receipts, r#"{"g":"g1","seq":3}"#).unwrap();
-    let Response::Receipts { count, users } = r else { panic!() };
+    let r = call(
+        &e,
+        caller("a", "d"),
+        Method::Receipts,
+        r#"{"g":"g1","seq":3}"#,
+    )
+    .unwrap();
+    let Response::Receipts { count, users } = r else {
+        panic!()
+    };
     assert_eq!((count, users), (1, vec![Arc::<str>::from("b")]));
 
     // Removal and dismissal emit their changes.
-    e.change_members("g1", vec![], vec!["b".into()]).await.unwrap();
+    e.change_members("g1", vec![], vec!["b".into()])
+        .await
+        .unwrap();
     assert!(e.groups_of("b").is_empty());
     e.dismiss_group("g1").await.unwrap();
     assert!(e.group_info("g1").is_none());
     let recs = sink.recs.lock().clone();
-    assert!(recs.iter().any(|r| matches!(r, Rec::Member(MembershipChange::Removed { .. }))));
-    assert!(matches!(recs.last(), Some(Rec::Member(MembershipChange::Dismissed { .. }))));
-    let err = call(&e, caller("a", "d"), Method::Send, r#"{"g":"g1","cid":"2","body":"x"}"#).unwrap_err();
+    assert!(recs
+        .iter()
+        .any(|r| matches!(r, Rec::Member(MembershipChange::Removed { .. }))));
+    assert!(matches!(
+        recs.last(),
+        Some(Rec::Member(MembershipChange::Dismissed { .. }))
+    ));
+    let err = call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"g":"g1","cid":"2","body":"x"}"#,
+    )
+    .unwrap_err();
     assert_eq!(err.code, 404);
     e.shutdown();
 }
@@ -276,7 +361,12 @@ async fn durable_across_reopen_without_shutdown() {
         for rx in rxs {
             mids.push(sent(rx.recv().unwrap()));
         }
-        sent(call(&e, caller("b", "d"), Method::Send, r#"{"g":"g","cid":"g1","body":0}"#));
+        sent(call(
+            &e,
+            caller("b", "d"),
+            Method::Send,
+            r#"{"g":"g","cid":"g1","body":0}"#,
+        ));
         e.revoke_tokens("b", 77).await.unwrap();
         // Dropped without shutdown.
     }
@@ -286,18 +376,37 @@ async fn durable_across_reopen_without_shutdown() {
     let (evs, more) = events(call(&e, caller("b", "d"), Method::Sync, r#"{"limit":500}"#));
     assert!(!more);
     let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=51).collect::<Vec<_>>(), "add notice + 50 messages");
+    assert_eq!(
+        seqs,
+        (1..=51).collect::<Vec<_>>(),
+        "add notice + 50 messages"
+    );
     // The cid cache came back: a resend returns the original.
     assert_eq!(
-        sent(call(&e, caller("a", "d"), Method::Send, r#"{"to":"b","cid":"c7","body":7}"#)),
+        sent(call(
+            &e,
+            caller("a", "d"),
+            Method::Send,
+            r#"{"to":"b","cid":"c7","body":7}"#
+        )),
         mids[7]
     );
     // Counters continue without gaps or reuse.
     let last_mid = mids.iter().map(|m| m.0).max().unwrap();
-    let (mid, seq) = sent(call(&e, caller("a", "d"), Method::Send, r#"{"to":"b","cid":"new","body":1}"#));
+    let (mid, seq) = sent(call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"to":"b","cid":"new","body":1}"#,
+    ));
     assert!(mid > last_mid + 1, "the group message took an id too");
     assert_eq!(seq, 52, "a: add notice + 50 + this");
-    let (mid2, gseq) = sent(call(&e, caller("a", "d"), Method::Send, r#"{"g":"g","cid":"g2","body":0}"#));
+    let (mid2, gseq) = sent(call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"g":"g","cid":"g2","body":0}"#,
+    ));
     assert_eq!((mid2, gseq), (mid + 1, 3));
     e.shutdown();
 }
@@ -312,7 +421,12 @@ async fn full_queue_answers_busy_at_once() {
     let e = Engine::open_with_queue(cfg(None), sink.clone(), 2).unwrap();
     e.upsert_users(users(&["a", "b"])).await.unwrap();
     // The writer commits this one and then blocks in the sink.
-    let first = submit(&e, caller("a", "d"), Method::Send, r#"{"to":"b","cid":"0","body":0}"#);
+    let first = submit(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"to":"b","cid":"0","body":0}"#,
+    );
     std::thread::sleep(Duration::from_millis(200));
     let rxs: Vec<_> = (1..6)
         .map(|i| {

@@ -57,8 +57,7 @@ impl From<ApiError> for AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> HttpResponse {
-        let status =
-            StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
             error: self.0.error.to_owned(),
             message: self.0.message,
@@ -537,7 +536,11 @@ async fn send_message(
         cid: b.cid,
         body: raw,
     });
-    match s.engine.admin_call(admin_caller(from.as_deref()), req).await? {
+    match s
+        .engine
+        .admin_call(admin_caller(from.as_deref()), req)
+        .await?
+    {
         Response::Sent { mid, seq, ts } => Ok(Json(SentOut { mid, seq, ts })),
         _ => Err(ApiError::internal("unexpected engine answer").into()),
     }

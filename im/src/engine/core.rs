@@ -654,7 +654,9 @@ impl Core {
             }
         }
         if orig.recalled {
-            return Err(ApiError::conflict(format!("message {mid} is already recalled")));
+            return Err(ApiError::conflict(format!(
+                "message {mid} is already recalled"
+            )));
         }
         let (sender, to, group) = (orig.sender.clone(), orig.to.clone(), orig.group.clone());
         let mut ev = self.event(now, EventKind::Recall);
@@ -993,7 +995,9 @@ impl Core {
         let op = DirOp::Dismiss(gid.clone());
         self.dir.apply(&op);
         self.batch.ops.push(op);
-        effects.push(Effect::Membership(MembershipChange::Dismissed { group: gid }));
+        effects.push(Effect::Membership(MembershipChange::Dismissed {
+            group: gid,
+        }));
         Ok(effects)
     }
 }
@@ -1105,8 +1109,14 @@ mod tests {
     fn user_seqs_are_per_user() {
         let mut c = core_with(&["a", "b", "c"]);
         let to = |u: &str| Target::User(u.into());
-        assert_eq!(sent(&c.send(1, &as_user("a"), to("b"), "1", body("1"))), (1, 1));
-        assert_eq!(sent(&c.send(1, &as_user("a"), to("c"), "2", body("1"))), (2, 2));
+        assert_eq!(
+            sent(&c.send(1, &as_user("a"), to("b"), "1", body("1"))),
+            (1, 1)
+        );
+        assert_eq!(
+            sent(&c.send(1, &as_user("a"), to("c"), "2", body("1"))),
+            (2, 2)
+        );
         let r = c.send(1, &as_user("b"), to("a"), "1", body("1"));
         assert_eq!(sent(&r), (3, 2)); // b: received 1, now sends 2
         let b = c.take_batch();
@@ -1132,12 +1142,18 @@ mod tests {
     fn send_rules() {
         let mut c = core_with(&["a", "b"]);
         let b = |s: &str| Target::User(s.into());
-        let e = c.send(1, &as_user("a"), b("zed"), "1", body("1")).unwrap_err();
+        let e = c
+            .send(1, &as_user("a"), b("zed"), "1", body("1"))
+            .unwrap_err();
         assert_eq!(e.code, 404);
-        let e = c.send(1, &as_user("a"), b("a/b"), "1", body("1")).unwrap_err();
+        let e = c
+            .send(1, &as_user("a"), b("a/b"), "1", body("1"))
+            .unwrap_err();
         assert_eq!(e.code, 400);
         let big = format!("\"{}\"", "x".repeat(100));
-        let e = c.send(1, &as_user("a"), b("b"), "1", body(&big)).unwrap_err();
+        let e = c
+            .send(1, &as_user("a"), b("b"), "1", body(&big))
+            .unwrap_err();
         assert_eq!(e.code, 413);
         let e = c.send(1, &as_user("a"), b("b"), "", body("1")).unwrap_err();
         assert_eq!(e.code, 400);
@@ -1154,7 +1170,10 @@ mod tests {
         let first = sent(&c.send(1, &as_user("a"), Target::User("b".into()), "c", body("1")));
         let again = c.send(5, &as_user("a"), Target::User("b".into()), "c", body("1"));
         assert_eq!(sent(&again), first);
-        assert!(again.unwrap().1.is_empty(), "a duplicate is not delivered again");
+        assert!(
+            again.unwrap().1.is_empty(),
+            "a duplicate is not delivered again"
+        );
         let e = c
             .send(5, &as_user("a"), Target::User("b".into()), "c", body("2"))
             .unwrap_err();
@@ -1219,7 +1238,10 @@ mod tests {
         assert_eq!((b.events[0].seq_from, b.events[0].seq_to), (None, None));
         let Ok((_, effects)) = r else { panic!() };
         assert_eq!(effects.len(), 1);
-        assert!(matches!(&effects[0], Effect::Deliver(Delivery::Group { .. })));
+        assert!(matches!(
+            &effects[0],
+            Effect::Deliver(Delivery::Group { .. })
+        ));
         let e = c
             .send(1, &as_user("d"), Target::Group("g1".into()), "1", body("1"))
             .unwrap_err();
@@ -1251,14 +1273,26 @@ mod tests {
                 Effect::Deliver(Delivery::Users { .. }) => "users",
             })
             .collect();
-        assert_eq!(kinds, ["group", "users", "removed", "added", "group", "users"]);
-        assert_eq!(c.dir.joined("g1", "c"), Some(2), "joined before its add notice");
+        assert_eq!(
+            kinds,
+            ["group", "users", "removed", "added", "group", "users"]
+        );
+        assert_eq!(
+            c.dir.joined("g1", "c"),
+            Some(2),
+            "joined before its add notice"
+        );
         assert_eq!(c.dir.joined("g1", "b"), None);
         assert_eq!(c.dir.groups_of("b"), Vec::<Arc<str>>::new());
         // Over the member limit.
         let many: Vec<String> = ["d", "e", "f", "g"].iter().map(|s| s.to_string()).collect();
         assert_eq!(c.change_members(2, "g1", &many, &[]).unwrap_err().code, 400);
-        assert_eq!(c.change_members(2, "g1", &["nobody".into()], &[]).unwrap_err().code, 404);
+        assert_eq!(
+            c.change_members(2, "g1", &["nobody".into()], &[])
+                .unwrap_err()
+                .code,
+            404
+        );
         let effects = c.dismiss_group(3, "g1").unwrap();
         assert!(matches!(
             effects.last(),

@@ -26,8 +26,8 @@ pub mod readers;
 pub mod store;
 pub mod writer;
 
-pub use self::core::{Directory, GroupRow, GroupSpec, UserRow, UserSpec};
 use self::core::{Core, CoreConfig, RateLimiter};
+pub use self::core::{Directory, GroupRow, GroupSpec, UserRow, UserSpec};
 pub use self::store::sqlite::SqliteStore;
 pub use self::store::Store;
 
@@ -93,9 +93,17 @@ pub enum Delivery {
 /// in which group). Emitted before any event delivered to the group after the change.
 #[derive(Debug, Clone)]
 pub enum MembershipChange {
-    Added { group: Arc<str>, users: Vec<Arc<str>> },
-    Removed { group: Arc<str>, users: Vec<Arc<str>> },
-    Dismissed { group: Arc<str> },
+    Added {
+        group: Arc<str>,
+        users: Vec<Arc<str>>,
+    },
+    Removed {
+        group: Arc<str>,
+        users: Vec<Arc<str>>,
+    },
+    Dismissed {
+        group: Arc<str>,
+    },
 }
 
 /// Receives committed events, in commit order, from the engine's writer thread. Must not
@@ -141,6 +149,9 @@ struct Inner {
     readers: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// A page of members (uid, joined seq) and whether more follow.
+pub type MembersPage = (Vec<(Arc<str>, u64)>, bool);
 
 /// Default depth of the writer's command queue (§4.1).
 pub const WRITE_QUEUE: usize = 16_384;
@@ -416,7 +427,7 @@ impl Engine {
         gid: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<(Arc<str>, u64)>, bool), ApiError> {
+    ) -> Result<MembersPage, ApiError> {
         let dir = self.inner.dir.read();
         let g = dir
             .group(gid)

@@ -10,9 +10,7 @@ use parking_lot::RwLock;
 use super::core::{pair_key, Directory};
 use super::store::{Page, StoreError, StoreReader};
 use super::{Caller, Reply};
-use crate::proto::{
-    valid_id, ApiError, HistoryReq, PullReq, ReceiptsReq, Response, SyncReq,
-};
+use crate::proto::{valid_id, ApiError, HistoryReq, PullReq, ReceiptsReq, Response, SyncReq};
 
 /// Default and largest page.
 pub const DEFAULT_LIMIT: u32 = 100;

@@ -93,7 +93,11 @@ fn client(
             let target = match (s.to, s.g) {
                 (Some(to), None) => Target::User(to.into()),
                 (None, Some(g)) => Target::Group(g.into()),
-                _ => return Err(ApiError::bad_request("send needs exactly one of \"to\", \"g\"")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "send needs exactly one of \"to\", \"g\"",
+                    ))
+                }
             };
             core.send(now, caller, target, &s.cid, Arc::from(s.body))
         }
@@ -103,7 +107,11 @@ fn client(
     }
 }
 
-fn admin(core: &mut Core, now: i64, op: AdminOp) -> Result<((usize, usize), Vec<Effect>), ApiError> {
+fn admin(
+    core: &mut Core,
+    now: i64,
+    op: AdminOp,
+) -> Result<((usize, usize), Vec<Effect>), ApiError> {
     match op {
         AdminOp::UpsertUsers(u) => core.upsert_users(now, &u).map(|n| ((n, 0), Vec::new())),
         AdminOp::Revoke {

@@ -460,8 +460,8 @@ impl StoreReader for SqliteReader {
 
     fn read_cursors(&mut self, gid: &str, seq: u64) -> Result<Vec<Arc<str>>, StoreError> {
         let conn = self.conn.lock();
-        let mut st = conn
-            .prepare_cached("SELECT usr FROM read_cursors WHERE grp = ?1 AND seq >= ?2")?;
+        let mut st =
+            conn.prepare_cached("SELECT usr FROM read_cursors WHERE grp = ?1 AND seq >= ?2")?;
         let rows = st.query_map(params![gid, sq(seq)], |r| {
             Ok(Arc::<str>::from(r.get::<_, String>(0)?))
         })?;
