@@ -471,3 +471,82 @@ async fn rate_limit_answers_429() {
     assert_eq!(codes, vec![0, 0, 429]);
     e.shutdown();
 }
+
+/// A store whose commits fail while `fail` is set.
+struct Flaky {
+    inner: ember_im::engine::SqliteStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ember_im::engine::Store for Flaky {
+    fn load(
+        &mut self,
+        since: i64,
+    ) -> Result<ember_im::engine::store::Loaded, ember_im::engine::store::StoreError> {
+        self.inner.load(since)
+    }
+    fn commit(
+        &mut self,
+        batch: &ember_im::engine::store::Batch,
+    ) -> Result<(), ember_im::engine::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ember_im::engine::store::StoreError::Corrupt(
+                "disk full".into(),
+            ));
+        }
+        self.inner.commit(batch)
+    }
+    fn reader(
+        &self,
+    ) -> Result<Box<dyn ember_im::engine::store::StoreReader>, ember_im::engine::store::StoreError>
+    {
+        self.inner.reader()
+    }
+}
+
+#[tokio::test]
+async fn failed_commit_answers_503_and_rolls_back() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Flaky {
+        inner: ember_im::engine::SqliteStore::open(None).unwrap(),
+        fail: fail.clone(),
+    };
+    let sink = Arc::new(Recorder::default());
+    let e = Engine::open_store(cfg(None), Box::new(store), sink.clone(), 64).unwrap();
+    e.upsert_users(users(&["a", "b"])).await.unwrap();
+    let (mid1, _) = sent(call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"to":"b","cid":"1","body":1}"#,
+    ));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let delivered = sink.recs.lock().len();
+    let err = call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"to":"b","cid":"2","body":2}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, 503);
+    assert_eq!(e.upsert_users(users(&["c"])).await.unwrap_err().code, 503);
+    assert!(e.user("c").is_none());
+    assert_eq!(
+        sink.recs.lock().len(),
+        delivered,
+        "nothing delivered from a failed batch"
+    );
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Same cid again: not a duplicate of the failed one; ids and seqs continue without gaps.
+    let (mid2, seq) = sent(call(
+        &e,
+        caller("a", "d"),
+        Method::Send,
+        r#"{"to":"b","cid":"2","body":3}"#,
+    ));
+    assert_eq!((mid2, seq), (mid1 + 1, 2));
+    let (evs, _) = events(call(&e, caller("b", "d"), Method::Sync, ""));
+    assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    e.shutdown();
+}

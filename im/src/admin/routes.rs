@@ -553,7 +553,7 @@ pub struct RecalledOut {
 }
 
 #[utoipa::path(post, path = "/v1/messages/{mid}/recall", tag = "messages",
-    description = "Recalls any message, at any age, as the system.",
+    description = "Recalls anyone's message, as the system, within the recall window.",
     params(("mid" = u64, Path, description = "message id")),
     responses((status = 200, body = RecalledOut), (status = 404, body = ErrorBody)))]
 async fn recall_message(

@@ -629,7 +629,8 @@ impl Core {
         Ok((resp, vec![Effect::Deliver(delivery)]))
     }
 
-    /// `recall`: the sender (or the system, for any message and at any age) withdraws `mid`.
+    /// `recall`: the sender (or the system, for anyone's message) withdraws `mid` within the
+    /// recall window.
     pub fn recall(
         &mut self,
         now: i64,
@@ -647,11 +648,11 @@ impl Core {
             if orig.sender.as_deref() != Some(&**u) {
                 return Err(ApiError::not_sender("only the sender may recall a message"));
             }
-            if now - orig.ts > self.cfg.recall_window_ms {
-                return Err(ApiError::recall_expired(format!(
-                    "message {mid} is past the recall window"
-                )));
-            }
+        }
+        if now - orig.ts > self.cfg.recall_window_ms {
+            return Err(ApiError::recall_expired(format!(
+                "message {mid} is past the recall window"
+            )));
         }
         if orig.recalled {
             return Err(ApiError::conflict(format!(
@@ -1216,7 +1217,6 @@ mod tests {
         // After pruning, the message is past the window.
         c.prune(5000);
         assert_eq!(c.recall(5000, &as_user("a"), mid).unwrap_err().code, 410);
-        // The system may recall at any age only while it is indexed; older ids answer 410.
         let system = Caller {
             user: None,
             device: "admin".into(),

@@ -317,8 +317,8 @@ impl Engine {
     }
 
     /// Like [`Engine::call`] with the admin's rights: no rate limit; a system caller
-    /// (`user: None`) may recall any message at any age and read any group's history and
-    /// receipts.
+    /// (`user: None`) may recall anyone's message (within the recall window) and read any
+    /// group's history and receipts.
     pub async fn admin_call(&self, caller: Caller, req: Request) -> Result<Response, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.dispatch(

@@ -1,7 +1,8 @@
 //! The store writer thread (`im-store`): group commit. Blocks for one command, drains up to
 //! [`MAX_BATCH`] more, applies each to the [`Core`] in memory, commits the batch in one
-//! transaction, then — in commit order — replies and hands effects to the [`Sink`]. A failed
-//! commit answers 503 to the whole batch and reloads the Core from the store.
+//! transaction, then — in commit order — hands each command's effects to the [`Sink`] and
+//! replies. A failed commit answers 503 to the whole batch and reloads the Core from the
+//! store.
 
 use std::sync::Arc;
 
@@ -171,9 +172,9 @@ impl Writer {
                 }
             }
             for (d, effects) in done.drain(..) {
-                let ok = d.is_ok();
-                d.finish(fail.as_ref());
-                if ok && fail.is_none() {
+                // Effects first: when a caller has its answer, the router already has the
+                // events and membership changes of that command.
+                if d.is_ok() && fail.is_none() {
                     for e in effects {
                         match e {
                             Effect::Deliver(d) => self.sink.deliver(d),
@@ -181,6 +182,7 @@ impl Writer {
                         }
                     }
                 }
+                d.finish(fail.as_ref());
             }
             self.store.maintain();
             if stop {
