@@ -550,3 +550,69 @@ async fn failed_commit_answers_503_and_rolls_back() {
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
     e.shutdown();
 }
+
+/// Rough group-commit throughput on a file database (run with `--ignored --nocapture`,
+/// preferably `--release`): 20,000 1:1 messages among 1,000 users, submitted without waiting.
+#[tokio::test]
+#[ignore]
+async fn throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        cfg(Some(dir.path().join("im.db"))),
+        Arc::new(ember_im_null_sink()),
+    )
+    .unwrap();
+    let names: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let specs: Vec<UserSpec> = names
+        .iter()
+        .map(|u| UserSpec {
+            uid: u.clone(),
+            name: None,
+            extra: None,
+        })
+        .collect();
+    e.upsert_users(specs).await.unwrap();
+    let n = 20_000usize;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let start = std::time::Instant::now();
+    let mut busy = 0;
+    for i in 0..n {
+        let from = &names[i % 1000];
+        let to = &names[(i * 7 + 1) % 1000];
+        let req = parse_request(
+            Method::Send,
+            format!(r#"{{"to":"{to}","cid":"c{i}","body":{{"text":"a message of about a hundred bytes, as a chat app would send it"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let tx = tx.clone();
+        e.submit(
+            caller(from, "d"),
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+        if i % 4096 == 4095 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut ok = 0;
+    for _ in 0..n {
+        if rx.recv().unwrap() {
+            ok += 1;
+        } else {
+            busy += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{ok} messages committed, {busy} refused, in {secs:.2} s: {:.0} msg/s",
+        ok as f64 / secs
+    );
+    e.shutdown();
+}
+
+fn ember_im_null_sink() -> Recorder {
+    Recorder::default()
+}

@@ -189,6 +189,7 @@ impl Writer {
                 break;
             }
         }
+        self.store.close();
         tracing::debug!("engine writer stopped");
     }
 

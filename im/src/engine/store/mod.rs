@@ -27,6 +27,8 @@ pub trait Store: Send {
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError>;
     /// Housekeeping between batches (WAL checkpoints); errors are logged, not fatal.
     fn maintain(&mut self) {}
+    /// Called once when the writer stops (a final checkpoint).
+    fn close(&mut self) {}
     /// A reader for one reader thread.
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
 }

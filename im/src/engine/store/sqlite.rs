@@ -358,6 +358,16 @@ impl Store for SqliteStore {
         }
     }
 
+    fn close(&mut self) {
+        if self.path.is_none() {
+            return;
+        }
+        let conn = self.conn.lock();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
+    }
+
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
         let conn = match &self.path {
             None => self.conn.clone(),
