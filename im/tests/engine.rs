@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ember_im::engine::{
-    Caller, Delivery, Engine, EngineConfig, GroupSpec, MembershipChange, Sink, UserSpec,
+    Caller, Delivery, Engine, EngineConfig, GroupSpec, IndexMode, MembershipChange, Sink,
+    SqliteStore, UserSpec,
 };
 use ember_im::proto::{parse_request, ApiError, Event, Method, Response};
 use parking_lot::Mutex;
@@ -103,10 +104,31 @@ fn json(b: &[u8]) -> serde_json::Value {
     serde_json::from_slice(b).unwrap()
 }
 
+/// An in-memory engine with the given index mode.
+fn open_mem(mode: IndexMode, sink: Arc<Recorder>) -> Engine {
+    let store = SqliteStore::open_with(None, mode).unwrap();
+    Engine::open_store(cfg(None), Box::new(store), sink, 1024).unwrap()
+}
+
+/// Write-behind flushing every 3 events, so reads cross the tail/table boundary.
+const TINY_BEHIND: IndexMode = IndexMode::Behind {
+    events: 3,
+    age: Duration::from_secs(3600),
+};
+
 #[tokio::test]
-async fn one_to_one_delivery_carries_each_users_seq() {
+async fn one_to_one_inline() {
+    one_to_one_delivery_carries_each_users_seq(IndexMode::Inline).await
+}
+
+#[tokio::test]
+async fn one_to_one_behind() {
+    one_to_one_delivery_carries_each_users_seq(TINY_BEHIND).await
+}
+
+async fn one_to_one_delivery_carries_each_users_seq(mode: IndexMode) {
     let sink = Arc::new(Recorder::default());
-    let e = Engine::open(cfg(None), sink.clone()).unwrap();
+    let e = open_mem(mode, sink.clone());
     e.upsert_users(users(&["a", "b", "c"])).await.unwrap();
     assert!(e.user("a").is_some() && e.user("zz").is_none());
     // b has one event already, so the seqs differ.
@@ -219,9 +241,18 @@ async fn one_to_one_delivery_carries_each_users_seq() {
 }
 
 #[tokio::test]
-async fn group_delivery_once_membership_first() {
+async fn group_inline() {
+    group_delivery_once_membership_first(IndexMode::Inline).await
+}
+
+#[tokio::test]
+async fn group_behind() {
+    group_delivery_once_membership_first(TINY_BEHIND).await
+}
+
+async fn group_delivery_once_membership_first(mode: IndexMode) {
     let sink = Arc::new(Recorder::default());
-    let e = Engine::open(cfg(None), sink.clone()).unwrap();
+    let e = open_mem(mode, sink.clone());
     e.upsert_users(users(&["a", "b", "c"])).await.unwrap();
     e.create_group(GroupSpec {
         gid: "g1".into(),
@@ -331,13 +362,43 @@ async fn group_delivery_once_membership_first() {
     e.shutdown();
 }
 
+fn open_file(db: &std::path::Path, mode: IndexMode) -> Engine {
+    let store = SqliteStore::open_with(Some(db), mode).unwrap();
+    Engine::open_store(
+        cfg(Some(db.to_owned())),
+        Box::new(store),
+        Arc::new(Recorder::default()),
+        1024,
+    )
+    .unwrap()
+}
+
 #[tokio::test]
-async fn durable_across_reopen_without_shutdown() {
+async fn durable_inline() {
+    durable_across_reopen_without_shutdown(IndexMode::Inline, IndexMode::Inline).await
+}
+
+#[tokio::test]
+async fn durable_behind_reopened_behind() {
+    durable_across_reopen_without_shutdown(TINY_BEHIND, TINY_BEHIND).await
+}
+
+#[tokio::test]
+async fn durable_behind_reopened_inline() {
+    // Never flushed before the drop: everything comes back from the replay.
+    let never = IndexMode::Behind {
+        events: usize::MAX,
+        age: Duration::from_secs(3600),
+    };
+    durable_across_reopen_without_shutdown(never, IndexMode::Inline).await
+}
+
+async fn durable_across_reopen_without_shutdown(first: IndexMode, then: IndexMode) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("im.db");
     let mut mids = Vec::new();
     {
-        let e = Engine::open(cfg(Some(db.clone())), Arc::new(Recorder::default())).unwrap();
+        let e = open_file(&db, first);
         e.upsert_users(users(&["a", "b"])).await.unwrap();
         e.create_group(GroupSpec {
             gid: "g".into(),
@@ -370,7 +431,7 @@ async fn durable_across_reopen_without_shutdown() {
         e.revoke_tokens("b", 77).await.unwrap();
         // Dropped without shutdown.
     }
-    let e = Engine::open(cfg(Some(db)), Arc::new(Recorder::default())).unwrap();
+    let e = open_file(&db, then);
     assert_eq!(e.user("b").unwrap().tokens_after, 77);
     assert_eq!(e.groups_of("b"), vec![Arc::<str>::from("g")]);
     let (evs, more) = events(call(&e, caller("b", "d"), Method::Sync, r#"{"limit":500}"#));

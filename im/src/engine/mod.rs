@@ -28,7 +28,7 @@ pub mod writer;
 
 use self::core::{Core, CoreConfig, RateLimiter};
 pub use self::core::{Directory, GroupRow, GroupSpec, UserRow, UserSpec};
-pub use self::store::sqlite::SqliteStore;
+pub use self::store::sqlite::{IndexMode, SqliteStore};
 pub use self::store::Store;
 
 /// Settings the engine needs (from `[im]`).

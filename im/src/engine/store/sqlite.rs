@@ -1,24 +1,33 @@
 //! The SQLite store (rusqlite, system libsqlite3): WAL, `synchronous=FULL`, one transaction
-//! per writer batch, timeline index rows written inline in the same transaction.
+//! per writer batch.
 //!
-//! Schema as built (adapted from docs/IM-DESIGN.md §2.4):
+//! Timeline index ([`IndexMode`]): `Inline` writes the index rows in the batch's own
+//! transaction (the default); `Behind` commits only the event rows at ack time and keeps
+//! their index entries in an in-memory tail shared with the readers, flushed sorted in
+//! slices of ≤ 20,000 rows every 10,000 events or 1 s (docs/IM-DESIGN.md §2.4). Readers read
+//! the tail first, then the table, and merge by seq, so an entry is always visible in one of
+//! them. `meta.index_watermark` = highest event id whose entries are all in the table; at
+//! start the events above it are replayed into the tail (their timelines follow from the
+//! seq columns of the row).
+//!
+//! Schema as built (adapted from §2.4):
 //! - users, groups (`chat_groups`), members, read cursors are keyed by their text ids
 //!   instead of interned integer row ids (simpler; interning is a later optimisation).
 //! - `events` carries the text ids of sender, recipient and group and the event's seqs on
 //!   each timeline (`seq_from`: sender's user timeline, `seq_to`: recipient's, `gseq`:
 //!   group's) instead of a packed `tls` blob; reads render events from the row alone.
-//! - pair history is the partial index `events_by_pair (pair, id)` on 1:1 messages instead
-//!   of `timeline` rows of kind 2.
-//! - `timeline` holds kind 0 (user) and 1 (group) rows, written inline (not behind).
+//! - `timeline` kinds: 0 user, 1 group, 2 pair history (owner = "lo hi", seq = event id).
+//! - read cursors are upserted inline (not behind).
 //!
 //! `:memory:` databases (`database = None`, tests) have one connection, shared with the
 //! readers under a mutex; file databases give each reader its own read-only connection.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use serde_json::value::RawValue;
 
@@ -36,16 +45,16 @@ CREATE TABLE IF NOT EXISTS chat_groups (gid TEXT PRIMARY KEY, name TEXT, owner T
 CREATE TABLE IF NOT EXISTS members (grp TEXT NOT NULL, usr TEXT NOT NULL,
     joined_seq INTEGER NOT NULL, PRIMARY KEY (grp, usr)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL,
-    kind INTEGER NOT NULL, sender TEXT, recipient TEXT, grp TEXT, pair TEXT, cid TEXT,
+    kind INTEGER NOT NULL, sender TEXT, recipient TEXT, grp TEXT, cid TEXT,
     ref INTEGER, body TEXT, recalled INTEGER NOT NULL DEFAULT 0,
     seq_from INTEGER, seq_to INTEGER, gseq INTEGER);
-CREATE INDEX IF NOT EXISTS events_by_pair ON events (pair, id) WHERE pair IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS timeline (kind INTEGER NOT NULL, owner TEXT NOT NULL,
     seq INTEGER NOT NULL, event INTEGER NOT NULL, PRIMARY KEY (kind, owner, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS read_cursors (grp TEXT NOT NULL, usr TEXT NOT NULL,
     seq INTEGER NOT NULL, PRIMARY KEY (grp, usr)) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('index_watermark', '0');
 ";
 
 const EV_COLS: &str = "e.id, e.ts, e.kind, e.sender, e.recipient, e.grp, e.cid, e.ref, e.body, \
@@ -53,6 +62,85 @@ const EV_COLS: &str = "e.id, e.ts, e.kind, e.sender, e.recipient, e.grp, e.cid, 
 
 const TL_USER: i64 = 0;
 const TL_GROUP: i64 = 1;
+const TL_PAIR: i64 = 2;
+/// Most index rows per flush transaction.
+const FLUSH_SLICE: usize = 20_000;
+
+/// Where timeline index rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// In the batch's transaction.
+    Inline,
+    /// Behind, from an in-memory tail, every `events` events or `age`.
+    Behind { events: usize, age: Duration },
+}
+
+impl IndexMode {
+    /// The policy of §2.4: 10,000 events or 1 s.
+    pub const BEHIND: IndexMode = IndexMode::Behind {
+        events: 10_000,
+        age: Duration::from_secs(1),
+    };
+}
+
+type TlKey = (i64, Arc<str>);
+
+/// The timeline entries of an event: (kind, owner, seq).
+fn entries(e: &EventRow) -> impl Iterator<Item = (i64, Arc<str>, u64)> + '_ {
+    let user_from = match (&e.sender, e.seq_from) {
+        (Some(s), Some(q)) => Some((TL_USER, s.clone(), q)),
+        _ => None,
+    };
+    let user_to = match (&e.to, e.seq_to) {
+        (Some(t), Some(q)) => Some((TL_USER, t.clone(), q)),
+        _ => None,
+    };
+    let group = match (&e.group, e.gseq) {
+        (Some(g), Some(q)) => Some((TL_GROUP, g.clone(), q)),
+        _ => None,
+    };
+    let pair = e.pair().map(|p| (TL_PAIR, Arc::from(p), e.id));
+    [user_from, user_to, group, pair].into_iter().flatten()
+}
+
+/// Index entries committed but not yet in the `timeline` table.
+#[derive(Debug, Default)]
+struct Tail {
+    map: HashMap<TlKey, BTreeMap<u64, u64>>,
+    events: usize,
+    rows: usize,
+    since: Option<Instant>,
+    max_event: u64,
+}
+
+impl Tail {
+    fn add(&mut self, e: &EventRow) {
+        for (kind, owner, seq) in entries(e) {
+            self.map.entry((kind, owner)).or_default().insert(seq, e.id);
+            self.rows += 1;
+        }
+        self.events += 1;
+        self.since.get_or_insert_with(Instant::now);
+        self.max_event = self.max_event.max(e.id);
+    }
+
+    /// Entries of one timeline strictly between `lo` and `hi`, at most `n`, in order.
+    fn range(&self, key: &TlKey, lo: u64, hi: u64, desc: bool, n: usize) -> Vec<(u64, u64)> {
+        let Some(m) = self.map.get(key) else {
+            return Vec::new();
+        };
+        if lo >= hi {
+            return Vec::new();
+        }
+        use std::ops::Bound::Excluded;
+        let r = m.range((Excluded(lo), Excluded(hi))).map(|(s, e)| (*s, *e));
+        if desc {
+            r.rev().take(n).collect()
+        } else {
+            r.take(n).collect()
+        }
+    }
+}
 
 /// u64 → SQLite INTEGER (saturating).
 fn sq(v: u64) -> i64 {
@@ -122,11 +210,19 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<std::path::PathBuf>,
     last_checkpoint: Instant,
+    mode: IndexMode,
+    tail: Arc<RwLock<Tail>>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file, or an in-memory one for `None`.
+    /// Opens (creating if needed) the database file, or an in-memory one for `None`, with
+    /// the index written inline.
     pub fn open(path: Option<&Path>) -> Result<SqliteStore, rusqlite::Error> {
+        Self::open_with(path, IndexMode::Inline)
+    }
+
+    /// [`SqliteStore::open`] with a choice of index mode.
+    pub fn open_with(path: Option<&Path>, mode: IndexMode) -> Result<SqliteStore, rusqlite::Error> {
         let conn = match path {
             Some(p) => Connection::open(p)?,
             None => Connection::open_in_memory()?,
@@ -146,10 +242,73 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.map(Path::to_path_buf),
             last_checkpoint: Instant::now(),
+            mode,
+            tail: Arc::default(),
         })
     }
 
-    fn write(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+    /// Index entries waiting in the tail (tests, metrics).
+    pub fn tail_rows(&self) -> usize {
+        self.tail.read().rows
+    }
+
+    /// Writes the whole tail into `timeline`, sorted, in slices; then the watermark; then
+    /// empties the tail. The tail does not change meanwhile (only the writer adds to it).
+    pub fn flush_index(&mut self) -> Result<(), StoreError> {
+        let (rows, max_event) = {
+            let t = self.tail.read();
+            if t.events == 0 {
+                return Ok(());
+            }
+            let mut keys: Vec<&TlKey> = t.map.keys().collect();
+            keys.sort();
+            let mut rows = Vec::with_capacity(t.rows);
+            for k in keys {
+                for (seq, ev) in &t.map[k] {
+                    rows.push((k.0, k.1.clone(), *seq, *ev));
+                }
+            }
+            (rows, t.max_event)
+        };
+        let started = Instant::now();
+        let mut conn = self.conn.lock();
+        let slices = rows.len().div_ceil(FLUSH_SLICE).max(1);
+        for (i, slice) in rows
+            .chunks(FLUSH_SLICE)
+            .chain(
+                // An empty tail of events without entries still moves the watermark.
+                std::iter::once(&[][..]).filter(|_| rows.is_empty()),
+            )
+            .enumerate()
+        {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO timeline (kind, owner, seq, event) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (kind, owner, seq, ev) in slice {
+                    st.execute(params![kind, &**owner, sq(*seq), sq(*ev)])?;
+                }
+                if i + 1 == slices {
+                    tx.execute(
+                        "UPDATE meta SET value = ?1 WHERE key = 'index_watermark'",
+                        params![max_event.to_string()],
+                    )?;
+                }
+            }
+            tx.commit()?;
+        }
+        drop(conn);
+        *self.tail.write() = Tail::default();
+        tracing::debug!(
+            rows = rows.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "index flushed"
+        );
+        Ok(())
+    }
+
+    fn write(tx: &rusqlite::Transaction<'_>, batch: &Batch, inline: bool) -> rusqlite::Result<()> {
         for op in &batch.ops {
             match op {
                 DirOp::User(u) => {
@@ -210,9 +369,9 @@ impl SqliteStore {
         }
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO events (id, ts, kind, sender, recipient, grp, pair, cid, ref, body,
+                "INSERT INTO events (id, ts, kind, sender, recipient, grp, cid, ref, body,
                    recalled, seq_from, seq_to, gseq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             let mut tl = tx.prepare_cached(
                 "INSERT INTO timeline (kind, owner, seq, event) VALUES (?1, ?2, ?3, ?4)",
@@ -225,7 +384,6 @@ impl SqliteStore {
                     e.sender.as_deref(),
                     e.to.as_deref(),
                     e.group.as_deref(),
-                    e.pair(),
                     e.cid.as_deref(),
                     e.reference.map(sq),
                     e.body.as_ref().map(|b| b.get()),
@@ -234,14 +392,10 @@ impl SqliteStore {
                     e.seq_to.map(sq),
                     e.gseq.map(sq),
                 ])?;
-                if let (Some(s), Some(seq)) = (&e.sender, e.seq_from) {
-                    tl.execute(params![TL_USER, &**s, sq(seq), sq(e.id)])?;
-                }
-                if let (Some(t), Some(seq)) = (&e.to, e.seq_to) {
-                    tl.execute(params![TL_USER, &**t, sq(seq), sq(e.id)])?;
-                }
-                if let (Some(g), Some(seq)) = (&e.group, e.gseq) {
-                    tl.execute(params![TL_GROUP, &**g, sq(seq), sq(e.id)])?;
+                if inline {
+                    for (kind, owner, seq) in entries(e) {
+                        tl.execute(params![kind, &*owner, sq(seq), sq(e.id)])?;
+                    }
                 }
             }
         }
@@ -307,8 +461,10 @@ impl Store for SqliteStore {
         for r in rows {
             out.members.push(r?);
         }
-        let mut st =
-            conn.prepare("SELECT kind, owner, MAX(seq) FROM timeline GROUP BY kind, owner")?;
+        let mut heads: HashMap<TlKey, u64> = HashMap::new();
+        let mut st = conn.prepare(
+            "SELECT kind, owner, MAX(seq) FROM timeline WHERE kind < 2 GROUP BY kind, owner",
+        )?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -318,6 +474,39 @@ impl Store for SqliteStore {
         })?;
         for r in rows {
             let (kind, owner, seq) = r?;
+            heads.insert((kind, owner), seq);
+        }
+        // Replay the events above the watermark into the tail (both modes: a database
+        // written behind may be reopened inline).
+        let watermark: u64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'index_watermark'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut tail = Tail::default();
+        let mut st = conn.prepare(&format!(
+            "SELECT {EV_COLS} FROM events e WHERE e.id > ?1 ORDER BY e.id"
+        ))?;
+        let rows = st.query_map(params![sq(watermark)], event_of)?;
+        for r in rows {
+            let ev = r??;
+            for (kind, owner, seq) in entries(&ev) {
+                if kind != TL_PAIR {
+                    let h = heads.entry((kind, owner)).or_insert(0);
+                    *h = (*h).max(seq);
+                }
+            }
+            tail.add(&ev);
+        }
+        if tail.events > 0 {
+            tracing::info!(events = tail.events, watermark, "replayed unindexed events");
+        }
+        *self.tail.write() = tail;
+        for ((kind, owner), seq) in heads {
             if kind == TL_USER {
                 out.user_heads.push((owner, seq));
             } else {
@@ -340,14 +529,43 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let inline = self.mode == IndexMode::Inline;
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::write(&tx, batch)?;
+        Self::write(&tx, batch, inline)?;
+        if inline && self.tail.read().events == 0 {
+            // Everything up to here is indexed (the replayed tail, if any, is flushed first).
+            if let Some(max) = batch.events.iter().map(|e| e.id).max() {
+                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'index_watermark'")?
+                    .execute(params![max.to_string()])?;
+            }
+        }
         tx.commit()?;
+        drop(conn);
+        if !inline {
+            let mut t = self.tail.write();
+            for e in &batch.events {
+                t.add(e);
+            }
+        }
         Ok(())
     }
 
     fn maintain(&mut self) {
+        let due = {
+            let t = self.tail.read();
+            match self.mode {
+                IndexMode::Inline => t.events > 0,
+                IndexMode::Behind { events, age } => {
+                    t.events >= events || t.since.is_some_and(|s| s.elapsed() >= age)
+                }
+            }
+        };
+        if due {
+            if let Err(e) = self.flush_index() {
+                tracing::error!(error = %e, "index flush failed; retrying after the next batch");
+            }
+        }
         if self.path.is_none() || self.last_checkpoint.elapsed().as_millis() < 1000 {
             return;
         }
@@ -359,6 +577,9 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) {
+        if let Err(e) = self.flush_index() {
+            tracing::error!(error = %e, "final index flush failed");
+        }
         if self.path.is_none() {
             return;
         }
@@ -382,28 +603,75 @@ impl Store for SqliteStore {
                 Arc::new(Mutex::new(c))
             }
         };
-        Ok(Box::new(SqliteReader { conn }))
+        Ok(Box::new(SqliteReader {
+            conn,
+            tail: self.tail.clone(),
+        }))
     }
 }
 
-/// A reader's connection (its own, or the shared in-memory one).
+/// A reader's connection (its own, or the shared in-memory one) and the shared tail.
 pub struct SqliteReader {
     conn: Arc<Mutex<Connection>>,
+    tail: Arc<RwLock<Tail>>,
 }
 
 impl SqliteReader {
+    /// Up to `limit + 1` events of one timeline strictly between `lo` and `hi`: the tail
+    /// first, then the table, merged by seq.
     fn page(
         &mut self,
-        sql: &str,
-        args: &[&dyn rusqlite::ToSql],
+        kind: i64,
+        owner: &str,
+        lo: u64,
+        hi: u64,
+        desc: bool,
         limit: usize,
     ) -> Result<Page, StoreError> {
+        let key: TlKey = (kind, Arc::from(owner));
+        let n = limit + 1;
+        let mut merged: BTreeMap<u64, u64> = self
+            .tail
+            .read()
+            .range(&key, lo, hi, desc, n)
+            .into_iter()
+            .collect();
         let conn = self.conn.lock();
+        let sql = if desc {
+            "SELECT seq, event FROM timeline WHERE kind = ?1 AND owner = ?2 AND seq > ?3
+             AND seq < ?4 ORDER BY seq DESC LIMIT ?5"
+        } else {
+            "SELECT seq, event FROM timeline WHERE kind = ?1 AND owner = ?2 AND seq > ?3
+             AND seq < ?4 ORDER BY seq LIMIT ?5"
+        };
         let mut st = conn.prepare_cached(sql)?;
-        let mut out = Vec::new();
-        let rows = st.query_map(args, event_of)?;
+        let rows = st.query_map(params![kind, owner, sq(lo), sq(hi), n as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?;
         for r in rows {
-            out.push(r??);
+            let (seq, ev) = r?;
+            merged.insert(seq, ev);
+        }
+        let ids: Vec<u64> = if desc {
+            merged.values().rev().take(n).copied().collect()
+        } else {
+            merged.values().take(n).copied().collect()
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        let mut ev =
+            conn.prepare_cached(&format!("SELECT {EV_COLS} FROM events e WHERE e.id = ?1"))?;
+        for id in ids {
+            match ev.query_row(params![sq(id)], event_of).optional()? {
+                Some(e) => out.push(e?),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "indexed event {id} is missing"
+                    )))
+                }
+            }
         }
         let more = out.len() > limit;
         out.truncate(limit);
@@ -413,21 +681,11 @@ impl SqliteReader {
 
 impl StoreReader for SqliteReader {
     fn user_timeline(&mut self, uid: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
-        let sql = format!(
-            "SELECT {EV_COLS} FROM timeline t JOIN events e ON e.id = t.event
-             WHERE t.kind = 0 AND t.owner = ?1 AND t.seq > ?2 ORDER BY t.seq LIMIT ?3"
-        );
-        let lim = limit as i64 + 1;
-        self.page(&sql, &[&uid, &sq(after), &lim], limit)
+        self.page(TL_USER, uid, after, u64::MAX, false, limit)
     }
 
     fn group_timeline(&mut self, gid: &str, after: u64, limit: usize) -> Result<Page, StoreError> {
-        let sql = format!(
-            "SELECT {EV_COLS} FROM timeline t JOIN events e ON e.id = t.event
-             WHERE t.kind = 1 AND t.owner = ?1 AND t.seq > ?2 ORDER BY t.seq LIMIT ?3"
-        );
-        let lim = limit as i64 + 1;
-        self.page(&sql, &[&gid, &sq(after), &lim], limit)
+        self.page(TL_GROUP, gid, after, u64::MAX, false, limit)
     }
 
     fn group_history(
@@ -437,22 +695,11 @@ impl StoreReader for SqliteReader {
         min: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let sql = format!(
-            "SELECT {EV_COLS} FROM timeline t JOIN events e ON e.id = t.event
-             WHERE t.kind = 1 AND t.owner = ?1 AND t.seq < ?2 AND t.seq > ?3
-             ORDER BY t.seq DESC LIMIT ?4"
-        );
-        let lim = limit as i64 + 1;
-        self.page(&sql, &[&gid, &sq(before), &sq(min), &lim], limit)
+        self.page(TL_GROUP, gid, min, before, true, limit)
     }
 
     fn pair_history(&mut self, pair: &str, before: u64, limit: usize) -> Result<Page, StoreError> {
-        let sql = format!(
-            "SELECT {EV_COLS} FROM events e WHERE e.pair = ?1 AND e.id < ?2
-             ORDER BY e.id DESC LIMIT ?3"
-        );
-        let lim = limit as i64 + 1;
-        self.page(&sql, &[&pair, &sq(before), &lim], limit)
+        self.page(TL_PAIR, pair, 0, before, true, limit)
     }
 
     fn events(&mut self, ids: &[u64]) -> Result<Vec<EventRow>, StoreError> {
