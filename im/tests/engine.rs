@@ -612,37 +612,61 @@ async fn failed_commit_answers_503_and_rolls_back() {
     e.shutdown();
 }
 
+struct NullSink;
+impl Sink for NullSink {
+    fn deliver(&self, _: Delivery) {}
+    fn membership(&self, _: MembershipChange) {}
+}
+
 /// Rough group-commit throughput on a file database (run with `--ignored --nocapture`,
-/// preferably `--release`): 20,000 1:1 messages among 1,000 users, submitted without waiting.
+/// preferably `--release`; `IM_INDEX=behind` for the write-behind index): 1:1 messages
+/// among 10,000 users, submitted in bursts without waiting.
 #[tokio::test]
 #[ignore]
 async fn throughput() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Engine::open(
-        cfg(Some(dir.path().join("im.db"))),
-        Arc::new(ember_im_null_sink()),
+    let db = dir.path().join("im.db");
+    let mode = match std::env::var("IM_INDEX").as_deref() {
+        Ok("behind") => IndexMode::BEHIND,
+        _ => IndexMode::Inline,
+    };
+    let store = SqliteStore::open_with(Some(&db), mode).unwrap();
+    let e = Engine::open_store(
+        cfg(Some(db.clone())),
+        Box::new(store),
+        Arc::new(NullSink),
+        16_384,
     )
     .unwrap();
-    let names: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
-    let specs: Vec<UserSpec> = names
-        .iter()
-        .map(|u| UserSpec {
-            uid: u.clone(),
-            name: None,
-            extra: None,
-        })
-        .collect();
-    e.upsert_users(specs).await.unwrap();
-    let n = 20_000usize;
+    let names: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
+    for chunk in names.chunks(1000) {
+        let specs: Vec<UserSpec> = chunk
+            .iter()
+            .map(|u| UserSpec {
+                uid: u.clone(),
+                name: None,
+                extra: None,
+            })
+            .collect();
+        e.upsert_users(specs).await.unwrap();
+    }
+    let n: usize = std::env::var("IM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let (tx, rx) = crossbeam_channel::unbounded();
+    let cpu0 = cpu_secs();
     let start = std::time::Instant::now();
-    let mut busy = 0;
+    let mut x: u64 = 88172645463325252;
     for i in 0..n {
-        let from = &names[i % 1000];
-        let to = &names[(i * 7 + 1) % 1000];
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let from = &names[(x % 10_000) as usize];
+        let to = &names[((x >> 20) % 10_000) as usize];
         let req = parse_request(
             Method::Send,
-            format!(r#"{{"to":"{to}","cid":"c{i}","body":{{"text":"a message of about a hundred bytes, as a chat app would send it"}}}}"#)
+            format!(r#"{{"to":"{to}","cid":"c{i}","body":{{"text":"a message of about a hundred bytes, as a chat app would send it to a peer"}}}}"#)
                 .as_bytes(),
         )
         .unwrap();
@@ -654,11 +678,11 @@ async fn throughput() {
                 let _ = tx.send(r.is_ok());
             }),
         );
-        if i % 4096 == 4095 {
-            std::thread::sleep(Duration::from_millis(1));
+        if i % 2048 == 2047 {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let mut ok = 0;
+    let (mut ok, mut busy) = (0, 0);
     for _ in 0..n {
         if rx.recv().unwrap() {
             ok += 1;
@@ -667,13 +691,22 @@ async fn throughput() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{ok} messages committed, {busy} refused, in {secs:.2} s: {:.0} msg/s",
-        ok as f64 / secs
-    );
+    let cpu = cpu_secs() - cpu0;
     e.shutdown();
+    let size = std::fs::metadata(&db).map_or(0, |m| m.len());
+    println!(
+        "{mode:?}: {ok} committed, {busy} refused, {secs:.2} s: {:.0} msg/s, {:.1} CPU us/msg, db {} MB",
+        ok as f64 / secs,
+        cpu * 1e6 / ok.max(1) as f64,
+        size / 1_000_000
+    );
 }
 
-fn ember_im_null_sink() -> Recorder {
-    Recorder::default()
+/// CPU seconds of this process (user + system), from /proc.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
