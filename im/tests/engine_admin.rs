@@ -137,6 +137,26 @@ async fn users_tokens_devices() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let many: Vec<Value> = (0..1001).map(|i| json!({"uid": format!("x{i}")})).collect();
+    let (s, _) = req(
+        app,
+        Method::POST,
+        "/v1/users",
+        Some(json!({ "users": many })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "more than 1,000 users");
+    let huge = json!({"users": [{"uid": "h", "name": "n".repeat(2 << 20)}]});
+    let (s, v) = req(app, Method::POST, "/v1/users", Some(huge)).await;
+    assert_eq!(
+        (s, v["error"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("too_large"))
+    );
+    let (s, v) = req(app, Method::GET, "/v1/nothing", None).await;
+    assert_eq!(
+        (s, v["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
     let (s, v) = req(app, Method::POST, "/v1/users", Some(json!({"nope": 1}))).await;
     assert_eq!(
         (s, v["error"].clone()),

@@ -69,8 +69,16 @@ impl IntoResponse for AdminError {
 type Result<T> = std::result::Result<T, AdminError>;
 
 fn json_body<T>(r: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
-    r.map(|Json(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()).into())
+    r.map(|Json(t)| t).map_err(|e| {
+        // axum's 422 (well-formed JSON of the wrong shape) is a 400 here, like every
+        // other malformed request.
+        let (code, name) = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (413, "too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (415, "unsupported_media_type"),
+            _ => (400, "bad_request"),
+        };
+        ApiError::new(code, name, e.body_text()).into()
+    })
 }
 
 fn query<T>(r: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
@@ -659,6 +667,7 @@ pub fn router(state: AdminState) -> (axum::Router, utoipa::openapi::OpenApi) {
     let served = doc.clone();
     let router = router
         .route("/openapi.json", get(move || async move { Json(served) }))
+        .fallback(|| async { AdminError(ApiError::not_found("no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY));
     (router, doc)
 }
