@@ -107,6 +107,7 @@ pub async fn start(
         Some(path)
     };
 
+    let node = node_id(cfg);
     let metrics = Arc::new(ImMetrics::new(registry)?);
     let router = Router::start(metrics.clone())?;
     let engine_cfg = EngineConfig {
@@ -180,19 +181,20 @@ pub async fn start(
                 .map(|(_, a)| a.port())
                 .unwrap_or(0)
         };
-        let info = crate::http::RouteInfo::from_config(
-            cfg,
-            http.local_addrs().first().map(|(_, a)| a.port()).unwrap_or(0),
-            port("mqtt"),
-            port("mqtts"),
-            port("ws"),
-            port("wss"),
-        );
+        let mut info = crate::http::RouteInfo::from_config(cfg, &node);
+        // The bound ports (the configured ones may be 0 = ephemeral).
+        info.ports = crate::http::Ports {
+            http: http.local_addrs().first().map_or(0, |(_, a)| a.port()),
+            mqtt: port("mqtt"),
+            mqtts: port("mqtts"),
+            ws: port("ws"),
+            wss: port("wss"),
+        };
         let login: Arc<dyn crate::http::LoginCheck> = Arc::new(EngineLogin {
             engine: engine.clone(),
             tokens: tokens.clone(),
         });
-        let router = crate::http::router(Arc::new(info), login);
+        let router = crate::http::router(&node, info, login);
         parts.push(Part {
             name: "im-http",
             listening: http.local_addrs(),
@@ -202,14 +204,19 @@ pub async fn start(
 
     if !cfg.admin_listen.is_empty() {
         let http = HttpServer::bind("im-admin", &cfg.admin_listen, &[], None).await?;
-        let auth = Arc::new(AdminAuth::from_config(cfg, admin_secret.as_bytes()));
+        let auth = Arc::new(AdminAuth::new(
+            admin_secret.as_bytes(),
+            &cfg.admin_signatures,
+            Duration::from_secs(cfg.admin_time_window_secs.into()),
+            cfg.no_check_time,
+        ));
         let presence: Arc<dyn Presence> = router.clone();
         let (routes, _openapi) = crate::admin::routes::router(crate::admin::routes::AdminState {
             engine: engine.clone(),
             presence,
             tokens: tokens.clone(),
             token_ttl_secs: cfg.token_ttl_secs.into(),
-            node_id: crate::http::node_id(),
+            node_id: node.clone(),
         });
         let routes = routes.layer(axum::middleware::from_fn_with_state(
             auth,
@@ -222,6 +229,18 @@ pub async fn start(
         });
     }
     Ok(parts)
+}
+
+/// This node's id: `server_host`, else the machine's host name.
+fn node_id(cfg: &ImConfig) -> String {
+    if !cfg.server_host.is_empty() {
+        return cfg.server_host.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ember".to_owned())
 }
 
 /// `/route`'s token check: the same as a CONNECT's.

@@ -234,12 +234,21 @@ impl Conn {
                     if !r? {
                         return Ok(());
                     }
-                    let res = self.session.handle_bytes(Instant::now(), &mut buf);
-                    self.handle_events();
-                    if let Err(e) = res {
-                        self.shared.metrics.protocol_errors.inc();
-                        debug!(remote = %self.remote, "im: closing: {e}");
-                        self.closing = true;
+                    // Packets behind a CONNECT stay buffered until it is accepted: decode
+                    // again once the login went through.
+                    for _ in 0..2 {
+                        let was_ready = self.session.is_ready();
+                        let res = self.session.handle_bytes(Instant::now(), &mut buf);
+                        self.handle_events();
+                        if let Err(e) = res {
+                            self.shared.metrics.protocol_errors.inc();
+                            debug!(remote = %self.remote, "im: closing: {e}");
+                            self.closing = true;
+                            break;
+                        }
+                        if was_ready || !self.session.is_ready() || buf.is_empty() {
+                            break;
+                        }
                     }
                     if buf.is_empty() {
                         buf = BytesMut::new();
