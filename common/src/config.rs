@@ -462,7 +462,8 @@ pub struct ImConfig {
     pub recall_window_secs: u32,
     /// Bytes queued for one connection before it is disconnected as a slow consumer.
     pub send_queue_bytes: u32,
-    /// Requests per second and user (token bucket rate); over it: 429.
+    /// Requests per second and user (token bucket rate); over it: 429. 0 = no limit
+    /// (benchmarks, trusted deployments).
     pub rate_limit_per_sec: u32,
     /// Token bucket size per user.
     pub rate_limit_burst: u32,
@@ -836,8 +837,12 @@ impl ImConfig {
             );
         }
         for (key, value) in [
-            ("im.rate_limit_per_sec", self.rate_limit_per_sec),
-            ("im.rate_limit_burst", self.rate_limit_burst),
+            (
+                "im.rate_limit_burst",
+                // Only meaningful with a rate; 0 everywhere else means "none".
+                self.rate_limit_burst
+                    .max(u32::from(self.rate_limit_per_sec == 0)),
+            ),
             ("im.max_connections", self.max_connections),
             ("im.keepalive_max_secs", u32::from(self.keepalive_max_secs)),
             ("im.admin_time_window_secs", self.admin_time_window_secs),
@@ -2107,6 +2112,10 @@ mod tests {
         cfg.im.rate_limit_per_sec = 0;
         cfg.im.rate_limit_burst = 0;
         cfg.im.max_connections = 0;
+        // A rate with an empty bucket is refused; no rate at all is "no limit".
+        let mut with_rate = im_prod();
+        with_rate.im.rate_limit_burst = 0;
+        assert_eq!(problem_keys(&with_rate), ["im.rate_limit_burst"]);
         cfg.im.keepalive_max_secs = 0;
         cfg.im.admin_time_window_secs = 0;
         cfg.im.token_ttl_secs = 0;
@@ -2115,8 +2124,6 @@ mod tests {
             problem_keys(&cfg),
             [
                 "im.max_message_bytes",
-                "im.rate_limit_per_sec",
-                "im.rate_limit_burst",
                 "im.max_connections",
                 "im.keepalive_max_secs",
                 "im.admin_time_window_secs",

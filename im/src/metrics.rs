@@ -3,8 +3,7 @@
 //! slow-consumer disconnects, request latency (which includes the store's commit).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// Registered metric handles, shared by every connection and the router.

@@ -16,8 +16,7 @@ pub const MAX_ID_LEN: usize = 64;
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }
 
@@ -215,7 +214,10 @@ struct IdOnly {
 
 /// Parses a request payload. On error, returns the request id if one could be read (so the
 /// error response still echoes it) and a 400 error naming the problem.
-pub fn parse_request(method: Method, payload: &[u8]) -> Result<Request, (Option<String>, ApiError)> {
+pub fn parse_request(
+    method: Method,
+    payload: &[u8],
+) -> Result<Request, (Option<String>, ApiError)> {
     fn p<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json::Error> {
         serde_json::from_slice(payload)
     }

@@ -115,7 +115,12 @@ impl Router {
 
     /// Registers an accepted connection. A connection of the same user and device is told to
     /// close (takeover); returns whether that happened.
-    pub fn register(&self, info: DeviceInfo, user: Arc<str>, outbox: Arc<Outbox>) -> (Registration, bool) {
+    pub fn register(
+        &self,
+        info: DeviceInfo,
+        user: Arc<str>,
+        outbox: Arc<Outbox>,
+    ) -> (Registration, bool) {
         let mut st = self.state.write();
         st.next_id += 1;
         let id = st.next_id;
@@ -191,9 +196,7 @@ impl Router {
 
     fn deliver_now(&self, d: Delivery, since: Instant) {
         let st = self.state.read();
-        let skips = |skip: &Option<(Arc<str>, Arc<str>)>, user: &Arc<str>, c: &Conn| {
-            matches!(skip, Some((u, dev)) if u == user && *dev == c.info.device)
-        };
+        let skips = |skip: &Option<(Arc<str>, Arc<str>)>, user: &Arc<str>, c: &Conn| matches!(skip, Some((u, dev)) if u == user && *dev == c.info.device);
         match d {
             Delivery::Users { to, skip } => {
                 for (user, payload) in &to {
@@ -275,7 +278,10 @@ impl Presence for Router {
             return 0;
         };
         let mut n = 0;
-        for c in list.iter().filter(|c| device.is_none_or(|d| *c.info.device == *d)) {
+        for c in list
+            .iter()
+            .filter(|c| device.is_none_or(|d| *c.info.device == *d))
+        {
             c.outbox.close(CloseReason::Kicked);
             n += 1;
         }

@@ -87,7 +87,12 @@ impl Admin {
     }
 
     /// Like [`Admin::call`], panicking unless the status is 2xx.
-    pub fn ok(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
+    pub fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
         let a = self.call(method, path, body);
         assert!(
             (200..300).contains(&a.status),
@@ -104,7 +109,11 @@ impl Admin {
             .iter()
             .map(|u| serde_json::json!({"uid": u, "name": u}))
             .collect();
-        self.ok("POST", "/v1/users", Some(&serde_json::json!({ "users": users })));
+        self.ok(
+            "POST",
+            "/v1/users",
+            Some(&serde_json::json!({ "users": users })),
+        );
     }
 
     /// A login token for `uid` on `device`.
@@ -164,8 +173,16 @@ pub fn http(
         .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     // A chunked body: take the first chunk's data (answers here are small).
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body.split_once("\r\n").map(|(_, b)| b).unwrap_or("").rsplit_once("\r\n0").map(|(b, _)| b).unwrap_or("")
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split_once("\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("")
+            .rsplit_once("\r\n0")
+            .map(|(b, _)| b)
+            .unwrap_or("")
     } else {
         body
     };

@@ -25,9 +25,7 @@ use crate::metrics::ImMetrics;
 use crate::proto::{encode_response, parse_request};
 use crate::router::{DeviceInfo, Registration, Router};
 use crate::server::outbox::{Item, Outbox};
-use crate::session::{
-    CloseReason, ConnectRefusal, Session, SessionConfig, SessionEvent, Version,
-};
+use crate::session::{CloseReason, ConnectRefusal, Session, SessionConfig, SessionEvent, Version};
 use crate::token::{check_login, TokenKey};
 
 /// A byte stream the connection runs over.
@@ -140,7 +138,10 @@ pub async fn run(
     remote: SocketAddr,
 ) {
     shared.active.fetch_add(1, Ordering::Relaxed);
-    let gauge = shared.metrics.connections.with_label_values(&[transport_name]);
+    let gauge = shared
+        .metrics
+        .connections
+        .with_label_values(&[transport_name]);
     gauge.inc();
     let mut conn = Conn {
         shared: shared.clone(),
@@ -278,7 +279,12 @@ impl Conn {
                     username,
                     password,
                     ..
-                } => self.login(version, &client_id, username.as_deref(), password.as_deref()),
+                } => self.login(
+                    version,
+                    &client_id,
+                    username.as_deref(),
+                    password.as_deref(),
+                ),
                 SessionEvent::Request {
                     ticket,
                     method,

@@ -97,8 +97,7 @@ impl MqttListeners {
         }
         while tasks.join_next().await.is_some() {}
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while shared.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
-        {
+        while shared.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -155,10 +154,9 @@ async fn handshake(
                 .write_buffer_size(0)
                 .max_message_size(Some(1 << 20))
                 .max_frame_size(Some(1 << 20));
-            let ws =
-                tokio_tungstenite::accept_hdr_async_with_config(io, select_mqtt, Some(config))
-                    .await
-                    .map_err(std::io::Error::other)?;
+            let ws = tokio_tungstenite::accept_hdr_async_with_config(io, select_mqtt, Some(config))
+                .await
+                .map_err(std::io::Error::other)?;
             Ok(Transport::Ws(Box::new(ws)))
         }
     }
