@@ -710,3 +710,125 @@ fn cpu_secs() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// The writer half of [`acked_messages_survive_sigkill`]: runs only in the child process.
+#[tokio::test]
+#[ignore]
+async fn crash_child() {
+    let Ok(db) = std::env::var("IM_CRASH_DB") else {
+        return;
+    };
+    let mode = match std::env::var("IM_INDEX").as_deref() {
+        Ok("behind") => IndexMode::BEHIND,
+        _ => IndexMode::Inline,
+    };
+    let e = open_file(std::path::Path::new(&db), mode);
+    e.upsert_users(users(&["a", "b"])).await.unwrap();
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for burst in 0..10_000 {
+        let rxs: Vec<_> = (0..32)
+            .map(|i| {
+                let cid = format!("k{burst}-{i}");
+                let rx = submit(
+                    &e,
+                    caller("a", "d"),
+                    Method::Send,
+                    &format!(r#"{{"to":"b","cid":"{cid}","body":{i}}}"#),
+                );
+                (cid, rx)
+            })
+            .collect();
+        for (cid, rx) in rxs {
+            let (mid, _) = sent(rx.recv().unwrap());
+            writeln!(out, "acked {mid} {cid}").unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+/// A child process sends messages and is killed with SIGKILL mid-stream; every message it
+/// saw acknowledged is in the reopened database, and sequences continue without gaps.
+#[test]
+fn acked_messages_survive_sigkill() {
+    for mode in ["inline", "behind"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("im.db");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("IM_CRASH_DB", &db)
+            .env("IM_INDEX", mode)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = Vec::new();
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("acked ") {
+                let mid: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+                acked.push(mid);
+                if acked.len() == 2000 {
+                    child.kill().unwrap(); // SIGKILL
+                    break;
+                }
+            }
+        }
+        child.wait().unwrap();
+        assert_eq!(acked.len(), 2000, "{mode}: the child acknowledged messages");
+        let e = open_file(&db, IndexMode::Inline);
+        let mut seqs = Vec::new();
+        let mut mids = std::collections::HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let r = call(
+                &e,
+                caller("b", "d"),
+                Method::Sync,
+                &format!(r#"{{"seq":{cursor},"limit":500}}"#),
+            )
+            .unwrap();
+            let Response::Events {
+                events, seq, more, ..
+            } = r
+            else {
+                panic!()
+            };
+            seqs.extend(events.iter().map(|e| e.seq));
+            mids.extend(events.iter().map(|e| e.mid));
+            cursor = seq.unwrap();
+            if !more {
+                break;
+            }
+        }
+        assert!(
+            acked.iter().all(|m| mids.contains(m)),
+            "{mode}: an acknowledged message was lost"
+        );
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{mode}: no gaps"
+        );
+        let (_, seq) = sent(call(
+            &e,
+            caller("a", "d"),
+            Method::Send,
+            r#"{"to":"b","cid":"after","body":0}"#,
+        ));
+        assert_eq!(
+            seq,
+            seqs.len() as u64 + 1,
+            "{mode}: the sender's seq continues"
+        );
+        e.shutdown();
+    }
+}
