@@ -132,6 +132,8 @@ pub enum EngineError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// Handle to the engine; cheap to clone.
@@ -205,18 +207,14 @@ impl Engine {
             group_max_members: cfg.group_max_members,
         };
         let keep = core_cfg.recall_window_ms.max(core::CID_TTL_MS);
-        let loaded = store
-            .load(now_ms().saturating_sub(keep))
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+        let loaded = store.load(now_ms().saturating_sub(keep))?;
         let core = Core::new(core_cfg.clone(), loaded);
         let dir = Arc::new(RwLock::new(core.dir.clone()));
         let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
         let (rtx, rrx) = crossbeam_channel::bounded(READ_QUEUE);
         let mut threads = Vec::new();
         for i in 0..READERS {
-            let reader = store
-                .reader()
-                .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+            let reader = store.reader()?;
             let (rrx, dir) = (rrx.clone(), dir.clone());
             threads.push(
                 std::thread::Builder::new()
