@@ -29,7 +29,10 @@ impl Rng {
 }
 
 fn open(db: &std::path::Path, mode: IndexMode) -> Engine {
-    let store = SqliteStore::open_with(Some(db), mode).unwrap();
+    // Flushes of 5+ events in slices of 4 rows: reads meet live, frozen and table entries.
+    let store = SqliteStore::open_with(Some(db), mode)
+        .unwrap()
+        .with_flush_slice(4);
     let cfg = EngineConfig {
         database: Some(db.to_owned()),
         rate_limit_per_sec: 0,
