@@ -291,11 +291,20 @@ pub enum Target {
     Group(Arc<str>),
 }
 
+/// A remembered send; the body is kept as a 64-bit hash (a 10-minute cache of bodies
+/// would cost gigabytes at full load).
 struct CidEntry {
     ts: i64,
     target: Target,
-    body: Arc<RawValue>,
+    body: u64,
     result: (u64, u64, i64),
+}
+
+fn body_hash(body: &RawValue) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.get().hash(&mut h);
+    h.finish()
 }
 
 struct Recent {
@@ -442,7 +451,7 @@ impl Core {
                     CidEntry {
                         ts: ev.ts,
                         target,
-                        body: body.clone(),
+                        body: body_hash(body),
                         result: (ev.id, seq.unwrap_or(0), ev.ts),
                     },
                 );
@@ -561,7 +570,7 @@ impl Core {
         let key = (sender.clone(), cid.clone());
         if let Some(e) = self.cids.get(&key) {
             if now - e.ts <= CID_TTL_MS {
-                if e.target == target && e.body.get() == body.get() {
+                if e.target == target && e.body == body_hash(&body) {
                     let (mid, seq, ts) = e.result;
                     return Ok((Response::Sent { mid, seq, ts }, Vec::new()));
                 }
