@@ -4,10 +4,12 @@
 //! router and the admin API call; the admin-side methods (`upsert_users`, `create_group`,
 //! ...) were added for `admin/routes.rs`.
 //!
-//! Threads: one store-writer thread owns the sans-IO business state and the write
-//! connection (group commit: it takes every queued command, applies them in memory, commits
-//! one transaction, then replies and hands committed events to the [`Sink`] in commit
-//! order); reader threads answer sync/pull/history. Nothing here blocks a tokio worker.
+//! Threads: one store-writer thread ([`writer`]) owns the sans-IO business state
+//! ([`core`]) and the write connection (group commit: it takes every queued command,
+//! applies them in memory, commits one transaction, then, in commit order, hands each
+//! command's events and membership changes to the [`Sink`] and replies); two reader threads
+//! ([`readers`]) answer sync/pull/history/receipts on their own connections. The per-user
+//! rate limit is checked in [`Engine::submit`]. Nothing here blocks a tokio worker.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
