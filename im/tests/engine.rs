@@ -656,7 +656,7 @@ async fn throughput() {
         .unwrap_or(100_000);
     let (tx, rx) = crossbeam_channel::unbounded();
     let (mut ok, mut busy, mut outstanding) = (0usize, 0usize, 0usize);
-    let mut settle = |ok: &mut usize, busy: &mut usize| {
+    let settle = |ok: &mut usize, busy: &mut usize| {
         if rx.recv().unwrap() {
             *ok += 1;
         } else {
