@@ -291,11 +291,20 @@ pub enum Target {
     Group(Arc<str>),
 }
 
+/// A remembered send; the body is kept as a 64-bit hash (a 10-minute cache of bodies
+/// would cost gigabytes at full load).
 struct CidEntry {
     ts: i64,
     target: Target,
-    body: Arc<RawValue>,
+    body: u64,
     result: (u64, u64, i64),
+}
+
+fn body_hash(body: &RawValue) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.get().hash(&mut h);
+    h.finish()
 }
 
 struct Recent {
@@ -442,7 +451,7 @@ impl Core {
                     CidEntry {
                         ts: ev.ts,
                         target,
-                        body: body.clone(),
+                        body: body_hash(body),
                         result: (ev.id, seq.unwrap_or(0), ev.ts),
                     },
                 );
@@ -480,9 +489,10 @@ impl Core {
         id
     }
 
-    fn event(&mut self, now: i64, kind: EventKind) -> EventRow {
+    /// A blank event; its id is set (`new_id`) once the operation is known to succeed.
+    fn event(now: i64, kind: EventKind) -> EventRow {
         EventRow {
-            id: self.new_id(),
+            id: 0,
             ts: now,
             kind,
             sender: None,
@@ -560,7 +570,7 @@ impl Core {
         let key = (sender.clone(), cid.clone());
         if let Some(e) = self.cids.get(&key) {
             if now - e.ts <= CID_TTL_MS {
-                if e.target == target && e.body.get() == body.get() {
+                if e.target == target && e.body == body_hash(&body) {
                     let (mid, seq, ts) = e.result;
                     return Ok((Response::Sent { mid, seq, ts }, Vec::new()));
                 }
@@ -569,12 +579,13 @@ impl Core {
                 ));
             }
         }
-        let mut ev = self.event(now, EventKind::Msg);
+        // The id is taken once the message is valid, so refusals leave no gaps.
+        let mut ev = Self::event(now, EventKind::Msg);
         ev.sender = sender.clone();
         ev.cid = Some(cid);
         ev.body = Some(body);
         let skip = Self::skip_of(caller);
-        let (seq, delivery) = match &target {
+        let (seq, group) = match &target {
             Target::User(to) => {
                 if !valid_id(to) {
                     return Err(bad_id("user", to));
@@ -598,7 +609,7 @@ impl Core {
                     }
                 };
                 ev.to = Some(to);
-                (seq, Self::user_delivery(&ev, skip))
+                (seq, false)
             }
             Target::Group(g) => {
                 if !valid_id(g) {
@@ -615,8 +626,14 @@ impl Core {
                 }
                 ev.gseq = self.next_group_seq(g);
                 ev.group = Some(gid);
-                (ev.gseq, Self::group_delivery(&ev, skip))
+                (ev.gseq, true)
             }
+        };
+        ev.id = self.new_id();
+        let delivery = if group {
+            Self::group_delivery(&ev, skip)
+        } else {
+            Self::user_delivery(&ev, skip)
         };
         let seq = seq.unwrap_or(0);
         self.remember(&ev);
@@ -660,7 +677,8 @@ impl Core {
             )));
         }
         let (sender, to, group) = (orig.sender.clone(), orig.to.clone(), orig.group.clone());
-        let mut ev = self.event(now, EventKind::Recall);
+        let mut ev = Self::event(now, EventKind::Recall);
+        ev.id = self.new_id();
         ev.reference = Some(mid);
         ev.sender = sender.clone();
         let skip = Self::skip_of(caller);
@@ -701,7 +719,7 @@ impl Core {
             return Err(ApiError::forbidden("read receipts need a user"));
         };
         let skip = Self::skip_of(caller);
-        let mut ev = self.event(now, EventKind::Read);
+        let mut ev = Self::event(now, EventKind::Read);
         ev.sender = Some(user.clone());
         match (&req.peer, req.mid, &req.g, req.seq) {
             (Some(peer), Some(mid), None, None) => {
@@ -711,7 +729,7 @@ impl Core {
                 let peer = self
                     .live_user(peer)
                     .ok_or_else(|| ApiError::not_found(format!("no user {peer}")))?;
-                if mid == 0 || mid >= ev.id {
+                if mid == 0 || mid >= self.next_id {
                     return Err(ApiError::not_found(format!("no message {mid}")));
                 }
                 ev.reference = Some(mid);
@@ -746,6 +764,7 @@ impl Core {
                 ))
             }
         }
+        ev.id = self.new_id();
         let d = Self::user_delivery(&ev, skip);
         self.batch.events.push(ev);
         Ok((Response::Ok, vec![Effect::Deliver(d)]))
@@ -818,7 +837,8 @@ impl Core {
         };
         for chunk in chunks {
             let body = serde_json::json!({ "op": op, "users": chunk });
-            let mut ev = self.event(now, EventKind::Notice);
+            let mut ev = Self::event(now, EventKind::Notice);
+            ev.id = self.new_id();
             ev.group = Some(gid.clone());
             ev.gseq = self.next_group_seq(gid);
             ev.body = RawValue::from_string(body.to_string()).ok().map(Arc::from);
@@ -831,7 +851,8 @@ impl Core {
                 .map(Arc::from);
         let mut tos = Vec::with_capacity(users.len());
         for u in users {
-            let mut ev = self.event(now, EventKind::Notice);
+            let mut ev = Self::event(now, EventKind::Notice);
+            ev.id = self.new_id();
             ev.group = Some(gid.clone());
             ev.to = Some(u.clone());
             ev.seq_to = Some(self.next_user_seq(u));
@@ -1162,7 +1183,20 @@ mod tests {
             .send(1, &as_user("a"), Target::Group("g1".into()), "1", body("1"))
             .unwrap_err();
         assert_eq!(e.code, 404);
+        let r = ReadReq {
+            id: None,
+            peer: Some("b".into()),
+            mid: Some(1),
+            g: None,
+            seq: None,
+        };
+        assert_eq!(c.read(1, &as_user("a"), &r).unwrap_err().code, 404);
         assert!(c.take_batch().is_empty());
+        // Refusals took no ids or seqs.
+        assert_eq!(
+            sent(&c.send(1, &as_user("a"), b("b"), "1", body("1"))),
+            (1, 1)
+        );
     }
 
     #[test]

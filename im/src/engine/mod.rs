@@ -4,10 +4,12 @@
 //! router and the admin API call; the admin-side methods (`upsert_users`, `create_group`,
 //! ...) were added for `admin/routes.rs`.
 //!
-//! Threads: one store-writer thread owns the sans-IO business state and the write
-//! connection (group commit: it takes every queued command, applies them in memory, commits
-//! one transaction, then replies and hands committed events to the [`Sink`] in commit
-//! order); reader threads answer sync/pull/history. Nothing here blocks a tokio worker.
+//! Threads: one store-writer thread ([`writer`]) owns the sans-IO business state
+//! ([`core`]) and the write connection (group commit: it takes every queued command,
+//! applies them in memory, commits one transaction, then, in commit order, hands each
+//! command's events and membership changes to the [`Sink`] and replies); two reader threads
+//! ([`readers`]) answer sync/pull/history/receipts on their own connections. The per-user
+//! rate limit is checked in [`Engine::submit`]. Nothing here blocks a tokio worker.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +134,8 @@ pub enum EngineError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// Handle to the engine; cheap to clone.
@@ -205,18 +209,14 @@ impl Engine {
             group_max_members: cfg.group_max_members,
         };
         let keep = core_cfg.recall_window_ms.max(core::CID_TTL_MS);
-        let loaded = store
-            .load(now_ms().saturating_sub(keep))
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+        let loaded = store.load(now_ms().saturating_sub(keep))?;
         let core = Core::new(core_cfg.clone(), loaded);
         let dir = Arc::new(RwLock::new(core.dir.clone()));
         let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
         let (rtx, rrx) = crossbeam_channel::bounded(READ_QUEUE);
         let mut threads = Vec::new();
         for i in 0..READERS {
-            let reader = store
-                .reader()
-                .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+            let reader = store.reader()?;
             let (rrx, dir) = (rrx.clone(), dir.clone());
             threads.push(
                 std::thread::Builder::new()

@@ -163,7 +163,10 @@ impl Writer {
             let mut fail = None;
             if !batch.is_empty() {
                 match self.store.commit(&batch) {
-                    Ok(()) => self.dir.write().apply_batch(&batch),
+                    Ok(()) => {
+                        tracing::trace!(commands = n, events = batch.events.len(), "committed");
+                        self.dir.write().apply_batch(&batch)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, commands = done.len(), "commit failed");
                         fail = Some(ApiError::busy("store write failed"));

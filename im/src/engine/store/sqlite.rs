@@ -4,7 +4,8 @@
 //! Timeline index ([`IndexMode`]): `Inline` writes the index rows in the batch's own
 //! transaction (the default); `Behind` commits only the event rows at ack time and keeps
 //! their index entries in an in-memory tail shared with the readers, flushed sorted in
-//! slices of ≤ 20,000 rows every 10,000 events or 1 s (docs/IM-DESIGN.md §2.4). Readers read
+//! slices of ≤ 20,000 rows every 10,000 events or 1 s (docs/IM-DESIGN.md §2.4), one slice
+//! between two batches so a flush holds acks back for one slice at most. Readers read
 //! the tail first, then the table, and merge by seq, so an entry is always visible in one of
 //! them. `meta.index_watermark` = highest event id whose entries are all in the table; at
 //! start the events above it are replayed into the tail (their timelines follow from the
@@ -103,9 +104,9 @@ fn entries(e: &EventRow) -> impl Iterator<Item = (i64, Arc<str>, u64)> + '_ {
     [user_from, user_to, group, pair].into_iter().flatten()
 }
 
-/// Index entries committed but not yet in the `timeline` table.
+/// Index entries of committed events, by timeline.
 #[derive(Debug, Default)]
-struct Tail {
+struct Part {
     map: HashMap<TlKey, BTreeMap<u64, u64>>,
     events: usize,
     rows: usize,
@@ -113,7 +114,7 @@ struct Tail {
     max_event: u64,
 }
 
-impl Tail {
+impl Part {
     fn add(&mut self, e: &EventRow) {
         for (kind, owner, seq) in entries(e) {
             self.map.entry((kind, owner)).or_default().insert(seq, e.id);
@@ -140,6 +141,41 @@ impl Tail {
             r.take(n).collect()
         }
     }
+
+    /// All entries as sorted rows (kind, owner, seq, event).
+    fn sorted_rows(&self) -> Vec<(i64, Arc<str>, u64, u64)> {
+        let mut keys: Vec<&TlKey> = self.map.keys().collect();
+        keys.sort();
+        let mut rows = Vec::with_capacity(self.rows);
+        for k in keys {
+            for (seq, ev) in &self.map[k] {
+                rows.push((k.0, k.1.clone(), *seq, *ev));
+            }
+        }
+        rows
+    }
+}
+
+/// Index entries committed but not yet in the `timeline` table: `live` (added after each
+/// commit) and `frozen` (being flushed, slice by slice, between batches).
+#[derive(Debug, Default)]
+struct Tail {
+    live: Part,
+    frozen: Option<Part>,
+}
+
+impl Tail {
+    fn is_empty(&self) -> bool {
+        self.live.events == 0 && self.frozen.is_none()
+    }
+}
+
+/// The writer's progress through the frozen part.
+struct Flushing {
+    rows: Vec<(i64, Arc<str>, u64, u64)>,
+    done: usize,
+    max_event: u64,
+    started: Instant,
 }
 
 /// u64 → SQLite INTEGER (saturating).
@@ -212,6 +248,8 @@ pub struct SqliteStore {
     last_checkpoint: Instant,
     mode: IndexMode,
     tail: Arc<RwLock<Tail>>,
+    flushing: Option<Flushing>,
+    slice: usize,
 }
 
 impl SqliteStore {
@@ -244,67 +282,83 @@ impl SqliteStore {
             last_checkpoint: Instant::now(),
             mode,
             tail: Arc::default(),
+            flushing: None,
+            slice: FLUSH_SLICE,
         })
+    }
+
+    /// Sets the most index rows per flush transaction (tests use tiny slices).
+    pub fn with_flush_slice(mut self, rows: usize) -> Self {
+        self.slice = rows.max(1);
+        self
     }
 
     /// Index entries waiting in the tail (tests, metrics).
     pub fn tail_rows(&self) -> usize {
-        self.tail.read().rows
+        let t = self.tail.read();
+        t.live.rows + t.frozen.as_ref().map_or(0, |f| f.rows)
     }
 
-    /// Writes the whole tail into `timeline`, sorted, in slices; then the watermark; then
-    /// empties the tail. The tail does not change meanwhile (only the writer adds to it).
-    pub fn flush_index(&mut self) -> Result<(), StoreError> {
-        let (rows, max_event) = {
-            let t = self.tail.read();
-            if t.events == 0 {
-                return Ok(());
+    /// One step of the index flush: freezes the live tail if nothing is being flushed, then
+    /// writes the next slice of ≤ 20,000 sorted rows in one transaction (the last one with
+    /// the watermark) and drops the frozen part once all of it is in the table. Returns
+    /// whether a flush is still in progress.
+    fn flush_step(&mut self) -> Result<bool, StoreError> {
+        if self.flushing.is_none() {
+            let mut t = self.tail.write();
+            if t.live.events == 0 {
+                return Ok(false);
             }
-            let mut keys: Vec<&TlKey> = t.map.keys().collect();
-            keys.sort();
-            let mut rows = Vec::with_capacity(t.rows);
-            for k in keys {
-                for (seq, ev) in &t.map[k] {
-                    rows.push((k.0, k.1.clone(), *seq, *ev));
-                }
-            }
-            (rows, t.max_event)
+            let part = std::mem::take(&mut t.live);
+            self.flushing = Some(Flushing {
+                rows: part.sorted_rows(),
+                done: 0,
+                max_event: part.max_event,
+                started: Instant::now(),
+            });
+            t.frozen = Some(part);
+        }
+        let Some(f) = self.flushing.as_mut() else {
+            return Ok(false);
         };
-        let started = Instant::now();
-        let mut conn = self.conn.lock();
-        let slices = rows.len().div_ceil(FLUSH_SLICE).max(1);
-        for (i, slice) in rows
-            .chunks(FLUSH_SLICE)
-            .chain(
-                // An empty tail of events without entries still moves the watermark.
-                std::iter::once(&[][..]).filter(|_| rows.is_empty()),
-            )
-            .enumerate()
+        let end = (f.done + self.slice).min(f.rows.len());
+        let last = end == f.rows.len();
         {
+            let mut conn = self.conn.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO timeline (kind, owner, seq, event) VALUES (?1, ?2, ?3, ?4)",
                 )?;
-                for (kind, owner, seq, ev) in slice {
+                for (kind, owner, seq, ev) in &f.rows[f.done..end] {
                     st.execute(params![kind, &**owner, sq(*seq), sq(*ev)])?;
                 }
-                if i + 1 == slices {
+                if last {
                     tx.execute(
                         "UPDATE meta SET value = ?1 WHERE key = 'index_watermark'",
-                        params![max_event.to_string()],
+                        params![f.max_event.to_string()],
                     )?;
                 }
             }
             tx.commit()?;
         }
-        drop(conn);
-        *self.tail.write() = Tail::default();
+        f.done = end;
+        if !last {
+            return Ok(true);
+        }
         tracing::debug!(
-            rows = rows.len(),
-            ms = started.elapsed().as_millis() as u64,
+            rows = f.rows.len(),
+            ms = f.started.elapsed().as_millis() as u64,
             "index flushed"
         );
+        self.flushing = None;
+        self.tail.write().frozen = None;
+        Ok(false)
+    }
+
+    /// Writes the whole tail into `timeline` (shutdown, tests).
+    pub fn flush_index(&mut self) -> Result<(), StoreError> {
+        while self.flush_step()? || !self.tail.read().is_empty() {}
         Ok(())
     }
 
@@ -487,7 +541,7 @@ impl Store for SqliteStore {
             .optional()?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut tail = Tail::default();
+        let mut tail = Part::default();
         let mut st = conn.prepare(&format!(
             "SELECT {EV_COLS} FROM events e WHERE e.id > ?1 ORDER BY e.id"
         ))?;
@@ -505,7 +559,11 @@ impl Store for SqliteStore {
         if tail.events > 0 {
             tracing::info!(events = tail.events, watermark, "replayed unindexed events");
         }
-        *self.tail.write() = tail;
+        *self.tail.write() = Tail {
+            live: tail,
+            frozen: None,
+        };
+        self.flushing = None;
         for ((kind, owner), seq) in heads {
             if kind == TL_USER {
                 out.user_heads.push((owner, seq));
@@ -533,7 +591,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::write(&tx, batch, inline)?;
-        if inline && self.tail.read().events == 0 {
+        if inline && self.tail.read().is_empty() {
             // Everything up to here is indexed (the replayed tail, if any, is flushed first).
             if let Some(max) = batch.events.iter().map(|e| e.id).max() {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'index_watermark'")?
@@ -545,24 +603,24 @@ impl Store for SqliteStore {
         if !inline {
             let mut t = self.tail.write();
             for e in &batch.events {
-                t.add(e);
+                t.live.add(e);
             }
         }
         Ok(())
     }
 
     fn maintain(&mut self) {
-        let due = {
+        let due = self.flushing.is_some() || {
             let t = self.tail.read();
             match self.mode {
-                IndexMode::Inline => t.events > 0,
+                IndexMode::Inline => t.live.events > 0,
                 IndexMode::Behind { events, age } => {
-                    t.events >= events || t.since.is_some_and(|s| s.elapsed() >= age)
+                    t.live.events >= events || t.live.since.is_some_and(|s| s.elapsed() >= age)
                 }
             }
         };
         if due {
-            if let Err(e) = self.flush_index() {
+            if let Err(e) = self.flush_step() {
                 tracing::error!(error = %e, "index flush failed; retrying after the next batch");
             }
         }
@@ -630,12 +688,14 @@ impl SqliteReader {
     ) -> Result<Page, StoreError> {
         let key: TlKey = (kind, Arc::from(owner));
         let n = limit + 1;
-        let mut merged: BTreeMap<u64, u64> = self
-            .tail
-            .read()
-            .range(&key, lo, hi, desc, n)
-            .into_iter()
-            .collect();
+        let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+        {
+            let t = self.tail.read();
+            merged.extend(t.live.range(&key, lo, hi, desc, n));
+            if let Some(f) = &t.frozen {
+                merged.extend(f.range(&key, lo, hi, desc, n));
+            }
+        }
         let conn = self.conn.lock();
         let sql = if desc {
             "SELECT seq, event FROM timeline WHERE kind = ?1 AND owner = ?2 AND seq > ?3
