@@ -192,7 +192,11 @@ impl Engine {
                 .map_or(":memory:".into(), |p| p.display().to_string()),
             source,
         };
-        let store = SqliteStore::open(cfg.database.as_deref()).map_err(db_err)?;
+        // The timeline index is written behind the acknowledged event rows (recovered from
+        // them after a crash): 28.2k msg/s at 18.8 us/msg vs 12.3k at 28.9 us inline
+        // (200,000 1:1 messages, release build, this 2-core machine).
+        let store =
+            SqliteStore::open_with(cfg.database.as_deref(), IndexMode::BEHIND).map_err(db_err)?;
         Self::open_store(cfg, Box::new(store), sink, queue)
     }
 
