@@ -2,11 +2,13 @@
 speaking only what docs/PROTOCOL.md says. The admin calls use Python's standard library.
 
 Usage: chat.py MQTT_HOST:PORT WS_HOST:PORT ADMIN_URL ADMIN_SECRET SCENARIO...
-Scenarios: pair, group, offline, devices, websocket, takeover (default: all).
+Scenarios: pair, group, offline, devices, websocket, takeover (default: all); wss (by
+name, with IM_WSS=host:port and IM_CA=cert.pem in the environment).
 Exits non-zero with a message on the first failed expectation.
 """
 
 import hashlib
+import os
 import hmac
 import json
 import queue
@@ -73,7 +75,7 @@ class Admin:
 class Client:
     """One device: connects, subscribes to its own space, sends requests, collects events."""
 
-    def __init__(self, admin, host, port, user, device, v5=True, transport="tcp"):
+    def __init__(self, admin, host, port, user, device, v5=True, transport="tcp", tls_ca=None):
         self.user, self.device, self.v5 = user, device, v5
         self.events = queue.Queue()
         self.responses = queue.Queue()
@@ -88,6 +90,8 @@ class Client:
             reconnect_on_failure=False,
         )
         self.c.username_pw_set(user, admin.token(user, device))
+        if tls_ca:
+            self.c.tls_set(ca_certs=tls_ca)
         self.c.on_message = self._on_message
         self.c.on_disconnect = self._on_disconnect
         connected = queue.Queue()
@@ -281,6 +285,22 @@ def websocket(admin, host, port, ws_host, ws_port, **_):
     print("websocket ok")
 
 
+def wss(admin, host, port, **_):
+    """MQTT over WebSocket over TLS (IM_WSS=host:port, IM_CA=the server certificate)."""
+    wss_host, wss_port = os.environ["IM_WSS"].rsplit(":", 1)
+    ca = os.environ["IM_CA"]
+    admin.users(["secure", "plain"])
+    w = Client(admin, wss_host, int(wss_port), "secure", "browser", transport="websockets", tls_ca=ca)
+    t = Client(admin, host, port, "plain", "phone")
+    t.ok("send", {"to": "secure", "cid": "s1", "body": {"via": "tcp"}})
+    expect(w.event("over wss")["body"] == {"via": "tcp"}, "wss event")
+    w.ok("send", {"to": "plain", "cid": "s2", "body": {"via": "wss"}})
+    expect(t.event("from wss")["body"] == {"via": "wss"}, "tcp event")
+    w.close()
+    t.close()
+    print("wss ok")
+
+
 def takeover(admin, host, port, **_):
     admin.users(["gina"])
     first = Client(admin, host, port, "gina", "phone")
@@ -301,6 +321,8 @@ SCENARIOS = {
     "websocket": websocket,
     "takeover": takeover,
 }
+# Needs a TLS listener; run only when asked for by name.
+EXTRA = {"wss": wss}
 
 
 def main():
@@ -311,7 +333,7 @@ def main():
     admin = Admin(sys.argv[3], sys.argv[4])
     names = sys.argv[5:] or list(SCENARIOS)
     for name in names:
-        SCENARIOS[name](admin, host, int(port), ws_host=ws_host, ws_port=int(ws_port))
+        {**SCENARIOS, **EXTRA}[name](admin, host, int(port), ws_host=ws_host, ws_port=int(ws_port))
     print("all ok")
 
 

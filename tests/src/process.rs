@@ -309,17 +309,37 @@ impl Ember {
     /// ephemeral loopback ports, fresh secrets, the database in the temp dir) and waits until
     /// it is ready. The secrets are in the returned [`crate::im::ImSecrets`].
     pub fn start_im(im_toml: &str) -> (Ember, crate::im::ImSecrets) {
+        Ember::start_im_inner(im_toml, false)
+    }
+
+    /// [`Ember::start_im`] plus MQTT over TLS and WSS listeners with a test certificate
+    /// ([`Ember::tls_cert`]).
+    pub fn start_im_tls(im_toml: &str) -> (Ember, crate::im::ImSecrets) {
+        Ember::start_im_inner(im_toml, true)
+    }
+
+    fn start_im_inner(im_toml: &str, tls: bool) -> (Ember, crate::im::ImSecrets) {
         let dir = tempfile::Builder::new()
             .prefix("ember-e2e-")
             .tempdir()
             .expect("temp dir");
         let secrets = crate::im::ImSecrets::generate();
+        let cert = tls.then(|| TestCert::generate(dir.path()));
+        let tls_toml = match &cert {
+            Some(c) => format!(
+                "mqtts_listen = [\"127.0.0.1:0\"]\nwss_listen = [\"127.0.0.1:0\"]\n\n\
+                 [tls]\ncert = {}\nkey = {}\n",
+                q(&c.cert_path.display().to_string()),
+                q(&c.key_path.display().to_string())
+            ),
+            None => String::new(),
+        };
         let config = dir.path().join("ember.toml");
         let text = format!(
-            "[im]\nmqtt_listen = [\"127.0.0.1:0\"]\nws_listen = [\"127.0.0.1:0\"]\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [im]\nmqtt_listen = [\"127.0.0.1:0\"]\nws_listen = [\"127.0.0.1:0\"]\n\
              http_listen = [\"127.0.0.1:0\"]\nadmin_listen = [\"127.0.0.1:0\"]\n\
-             admin_secret = {}\ntoken_key = {}\ndatabase = {}\n{im_toml}\n\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+             admin_secret = {}\ntoken_key = {}\ndatabase = {}\n{im_toml}\n{tls_toml}",
             q(&secrets.admin_secret),
             q(&secrets.token_key),
             q(&dir.path().join("im.sqlite3").display().to_string())
@@ -327,7 +347,7 @@ impl Ember {
         fs::write(&config, text).expect("write config");
         let ember = Ember::spawn(
             dir,
-            None,
+            cert,
             &["im".as_ref(), "--config".as_ref(), config.as_os_str()],
         );
         (ember, secrets)

@@ -809,3 +809,159 @@ fn mosquitto_rr_can_send_a_message() {
     assert_eq!(v["code"], 0, "{v}");
     assert!(v["mid"].as_u64().is_some());
 }
+
+#[test]
+fn mqtts_and_wss_use_the_suites_certificate() {
+    let (ember, secrets) = Ember::start_im_tls("");
+    let admin = admin(&ember, &secrets);
+    admin.users(&["tia", "ugo"]);
+    let token = admin.token("tia", "sh");
+    let cert = ember.tls_cert().cert_path.display().to_string();
+    // mosquitto_rr over MQTT/TLS, verifying the certificate.
+    let mqtts = ember.addr("im/mqtts");
+    let out = Command::new("mosquitto_rr")
+        .args([
+            "-V",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtts.port().to_string(),
+        ])
+        .args(["--cafile", &cert])
+        .args(["-i", "sh", "-u", "tia", "-P", &token])
+        .args(["-t", "rq/send", "-e", "u/tia/sh/rs", "-W", "10"])
+        .args(["-m", r#"{"to":"ugo","cid":"t1","body":"over tls"}"#])
+        .output()
+        .expect("mosquitto_rr");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["code"], 0, "{v}");
+    // paho over WebSocket over TLS.
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/im/chat.py"))
+        .arg(ember.addr("im/mqtt").to_string())
+        .arg(ember.addr("im/ws").to_string())
+        .arg(format!("http://{}", ember.addr("im-admin/http")))
+        .arg(&secrets.admin_secret)
+        .arg("wss")
+        .env("IM_WSS", ember.addr("im/wss").to_string())
+        .env("IM_CA", &cert)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("wss ok"),
+        "chat.py wss failed:\n{stdout}\n{}\n--- ember.log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ember.log()
+    );
+}
+
+#[test]
+fn route_version_devices_kick_revoke_system_messages_and_receipts() {
+    let (ember, secrets) =
+        Ember::start_im("backup_addresses = [\"edge.example.com:80:1883:8083\"]");
+    let admin = admin(&ember, &secrets);
+    admin.users(&["vera", "walt"]);
+    let addr = ember.addr("im/mqtt");
+    let http_addr = ember.addr("im-http/http");
+    let token = admin.token("vera", "phone");
+
+    let v = ember_tests::im::http(http_addr, "GET", "/api/version", &[], b"");
+    assert_eq!(v.status, 200);
+    assert!(
+        v.json["version"].is_string() && v.json["node_id"].is_string(),
+        "{}",
+        v.json
+    );
+    let body = json!({"user": "vera", "device": "phone"}).to_string();
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    let r = ember_tests::im::http(
+        http_addr,
+        "POST",
+        "/route",
+        &bearer(&token),
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["ports"]["mqtt"], addr.port(), "{}", r.json);
+    assert_eq!(
+        r.json["backup"][0]["host"], "edge.example.com",
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["backup"][0]["mqtt"], 1883, "{}", r.json);
+    let r = ember_tests::im::http(
+        http_addr,
+        "POST",
+        "/route",
+        &bearer("nope"),
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{}", r.json);
+
+    rt().block_on(async {
+        let mut vera = v5_connect(addr, "vera", "phone", &token).await.unwrap();
+        vera.subscribe_own().await;
+        let walt_token = admin.token("walt", "pc");
+        let mut walt = v5_connect(addr, "walt", "pc", &walt_token).await.unwrap();
+        walt.subscribe_own().await;
+
+        let d = admin.ok("GET", "/v1/users/vera/devices", None);
+        assert_eq!(d["devices"][0]["device"], "phone", "{d}");
+        assert_eq!(d["devices"][0]["version"], "5", "{d}");
+
+        // A system message (no sender) from the app's back end.
+        let sent = admin.ok(
+            "POST",
+            "/v1/messages",
+            Some(&json!({"system": true, "to": "vera", "cid": "sys1", "body": {"n": "welcome"}})),
+        );
+        let ev = vera.event().await;
+        assert_eq!(ev["mid"], sent["mid"], "{ev}");
+        assert!(ev.get("from").is_none(), "{ev}");
+
+        // A read receipt reaches the sender.
+        let m = walt
+            .request(
+                "send",
+                json!({"to": "vera", "cid": "w1", "body": "hi"}),
+                "w",
+            )
+            .await;
+        let ev = vera.event().await;
+        assert_eq!(ev["mid"], m["mid"]);
+        let r = vera
+            .request("read", json!({"peer": "walt", "mid": m["mid"]}), "r")
+            .await;
+        assert_eq!(r["code"], 0, "{r}");
+        let ev = walt.event().await;
+        assert_eq!(
+            (ev["k"].as_str(), &ev["ref"]),
+            (Some("read"), &m["mid"]),
+            "{ev}"
+        );
+
+        // Kick with revoke: the device is disconnected and its token no longer works.
+        let k = admin.ok("DELETE", "/v1/users/vera/devices/phone?revoke=true", None);
+        assert_eq!(k["kicked"], 1, "{k}");
+        let why = vera.disconnected().await;
+        assert!(why.contains("Administrative"), "{why}");
+        match v5_connect(addr, "vera", "phone", &token).await {
+            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                assert_eq!(format!("{code:?}"), "BadUserNamePassword")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a revoked token still connects"),
+        }
+        let fresh = admin.token("vera", "phone");
+        assert!(v5_connect(addr, "vera", "phone", &fresh).await.is_ok());
+    });
+    let m = wait_for(ember.metrics_addr(), "im metrics", WAIT, |m| {
+        m.get("ember_im_requests_total", &[("method", "send")]) >= 1.0
+    });
+    assert!(m.has("ember_im_connections"));
+    assert!(m.has("ember_im_delivery_seconds_bucket"));
+}
