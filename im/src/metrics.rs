@@ -1,12 +1,15 @@
 //! Prometheus metrics of the messaging core: connections by transport, connects, requests
 //! by method (sync requests included), deliveries and their latency, queue drops and
-//! slow-consumer disconnects, request latency (which includes the store's commit).
+//! slow-consumer disconnects, request latency (which includes the store's commit), and the
+//! store's group commits (latency, batch size, queue depth).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Registered metric handles, shared by every connection and the router.
+#[derive(Debug)]
 pub struct ImMetrics {
     /// `ember_im_connections{transport}`.
     pub connections: IntGaugeVec,
@@ -28,6 +31,12 @@ pub struct ImMetrics {
     pub slow_consumers: IntCounter,
     /// Connections closed for protocol errors.
     pub protocol_errors: IntCounter,
+    /// `ember_im_store_commit_seconds`: one group commit (transaction + fsync).
+    pub store_commit_seconds: Histogram,
+    /// `ember_im_store_batch_commands`: commands per group commit.
+    pub store_batch_commands: Histogram,
+    /// `ember_im_store_queue_depth`: commands waiting for the writer after the last commit.
+    pub store_queue_depth: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -109,6 +118,35 @@ impl ImMetrics {
             protocol_errors: c(
                 "ember_im_protocol_errors_total",
                 "Connections closed for malformed packets or protocol violations",
+            )?,
+            store_commit_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ember_im_store_commit_seconds",
+                        "One group commit of the message store (transaction and fsync)",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            store_batch_commands: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ember_im_store_batch_commands",
+                        "Commands committed together in one group commit",
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                    ]),
+                )?,
+            )?,
+            store_queue_depth: reg(
+                r,
+                IntGauge::new(
+                    "ember_im_store_queue_depth",
+                    "Commands waiting for the store writer after its last commit",
+                )?,
             )?,
         })
     }

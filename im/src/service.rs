@@ -117,6 +117,7 @@ pub async fn start(
         rate_limit_per_sec: cfg.rate_limit_per_sec,
         rate_limit_burst: cfg.rate_limit_burst,
         group_max_members: cfg.group_max_members as usize,
+        metrics: Some(metrics.clone()),
     };
     let engine = {
         let sink: Arc<dyn Sink> = router.clone();

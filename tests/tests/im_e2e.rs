@@ -964,4 +964,5 @@ fn route_version_devices_kick_revoke_system_messages_and_receipts() {
     });
     assert!(m.has("ember_im_connections"));
     assert!(m.has("ember_im_delivery_seconds_bucket"));
+    assert!(m.get("ember_im_store_commit_seconds_count", &[]) >= 1.0);
 }

@@ -47,6 +47,8 @@ pub struct EngineConfig {
     pub rate_limit_burst: u32,
     /// Most members a group may have.
     pub group_max_members: usize,
+    /// Commit latency, batch size and queue depth go here when set.
+    pub metrics: Option<Arc<crate::metrics::ImMetrics>>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,7 @@ impl Default for EngineConfig {
             rate_limit_per_sec: 20,
             rate_limit_burst: 100,
             group_max_members: 10_000,
+            metrics: None,
         }
     }
 }
@@ -229,6 +232,7 @@ impl Engine {
             );
         }
         let w = writer::Writer {
+            metrics: cfg.metrics.clone(),
             core,
             core_cfg,
             store,

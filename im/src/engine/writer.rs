@@ -81,6 +81,7 @@ pub(crate) struct Writer {
     pub store: Box<dyn Store>,
     pub dir: Arc<RwLock<Directory>>,
     pub sink: Arc<dyn Sink>,
+    pub metrics: Option<Arc<crate::metrics::ImMetrics>>,
 }
 
 fn client(
@@ -162,7 +163,15 @@ impl Writer {
             let batch = self.core.take_batch();
             let mut fail = None;
             if !batch.is_empty() {
-                match self.store.commit(&batch) {
+                let started = std::time::Instant::now();
+                let committed = self.store.commit(&batch);
+                if let Some(m) = &self.metrics {
+                    m.store_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    m.store_batch_commands.observe(n as f64);
+                    m.store_queue_depth.set(rx.len() as i64);
+                }
+                match committed {
                     Ok(()) => {
                         tracing::trace!(commands = n, events = batch.events.len(), "committed");
                         self.dir.write().apply_batch(&batch)
