@@ -522,14 +522,21 @@ async fn rate_limit_answers_429() {
         Arc::new(Recorder::default()),
     )
     .unwrap();
-    e.upsert_users(users(&["a"])).await.unwrap();
+    e.upsert_users(users(&["a", "b"])).await.unwrap();
     let codes: Vec<u16> = (0..3)
-        .map(|_| match call(&e, caller("a", "d"), Method::Sync, "") {
-            Ok(_) => 0,
-            Err(e) => e.code,
+        .map(|i| {
+            let body = format!(r#"{{"to":"b","cid":"c{i}","body":1}}"#);
+            match call(&e, caller("a", "d"), Method::Send, &body) {
+                Ok(_) => 0,
+                Err(e) => e.code,
+            }
         })
         .collect();
     assert_eq!(codes, vec![0, 0, 429]);
+    // Reads are not rate limited (they are bounded per connection instead).
+    for _ in 0..5 {
+        assert!(call(&e, caller("a", "d"), Method::Sync, "").is_ok());
+    }
     e.shutdown();
 }
 

@@ -66,7 +66,7 @@ impl Default for EngineConfig {
 }
 
 /// Who is calling: the connection's authenticated user and device, or an admin acting as
-/// a user (`device` = "admin") or as the system (`user` = None).
+/// a user (`device` = "(admin)", never a real device id) or as the system (`user` = None).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller {
     pub user: Option<Arc<str>>,
@@ -271,7 +271,13 @@ impl Engine {
         if inner.closed.load(Ordering::Acquire) {
             return busy_reply(reply, "shutting down");
         }
-        if !admin {
+        // Writes only: reads are bounded per connection (a few in flight) and by the reader
+        // threads, and a device resyncing many groups must not run into 429.
+        let write = matches!(
+            req,
+            Request::Send(_) | Request::Recall(_) | Request::Read(_)
+        );
+        if !admin && write {
             if let Some(u) = &caller.user {
                 if !inner.limiter.lock().allow(u, now_ms()) {
                     return reply(Err(ApiError::rate_limited("too many requests")));

@@ -10,11 +10,17 @@ use parking_lot::RwLock;
 use super::core::{pair_key, Directory};
 use super::store::{Page, StoreError, StoreReader};
 use super::{Caller, Reply};
-use crate::proto::{valid_id, ApiError, HistoryReq, PullReq, ReceiptsReq, Response, SyncReq};
+use crate::proto::{
+    valid_id, ApiError, Event, HistoryReq, PullReq, ReceiptsReq, Response, SyncReq,
+};
 
 /// Default and largest page.
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 500;
+/// Most bytes (event bodies plus a fixed allowance per event) in one page: a page stops
+/// early with `more: true` beyond it, so one answer stays small however large the messages
+/// (500 bodies of 16 KiB would be 8 MB waiting in a connection's send queue).
+pub const MAX_PAGE_BYTES: usize = 512 * 1024;
 /// Most users listed by `receipts`.
 pub const MAX_RECEIPT_USERS: usize = 500;
 
@@ -84,10 +90,25 @@ fn access(dir: &RwLock<Directory>, g: &str, caller: &Caller, admin: bool) -> Res
     }
 }
 
+/// Cuts `events` at [`MAX_PAGE_BYTES`] (keeping at least one); `more` becomes true if cut.
+fn cap_page(events: &mut Vec<Event>, more: &mut bool) {
+    let mut total = 0usize;
+    for (i, e) in events.iter().enumerate() {
+        total += 160 + e.body.as_ref().map_or(0, |b| b.get().len());
+        if total > MAX_PAGE_BYTES && i > 0 {
+            events.truncate(i);
+            *more = true;
+            return;
+        }
+    }
+}
+
 fn events(page: Page, viewer: Option<&str>, seq: Option<u64>) -> Response {
-    let (rows, more) = page;
+    let (rows, mut more) = page;
+    let mut events: Vec<Event> = rows.iter().map(|r| r.render(viewer)).collect();
+    cap_page(&mut events, &mut more);
     Response::Events {
-        events: rows.iter().map(|r| r.render(viewer)).collect(),
+        events,
         seq,
         more,
         groups: None,
@@ -105,13 +126,12 @@ fn handle(
         ReadOp::Stop => Err(ApiError::busy("stopping")),
         ReadOp::Sync(r) => {
             let user = need_user(caller)?;
-            let (rows, more) = reader
+            let (rows, mut more) = reader
                 .user_timeline(user, r.seq, limit(r.limit))
                 .map_err(store_err)?;
-            let last = rows
-                .last()
-                .map(|e| e.render(Some(user)).seq)
-                .unwrap_or(r.seq);
+            let mut events: Vec<Event> = rows.iter().map(|e| e.render(Some(user))).collect();
+            cap_page(&mut events, &mut more);
+            let last = events.last().map(|e| e.seq).unwrap_or(r.seq);
             let groups = r.groups.then(|| {
                 let d = dir.read();
                 d.groups_of(user)
@@ -123,7 +143,7 @@ fn handle(
                     .collect()
             });
             Ok(Response::Events {
-                events: rows.iter().map(|e| e.render(Some(user))).collect(),
+                events,
                 seq: Some(last),
                 more,
                 groups,
@@ -193,5 +213,46 @@ pub(crate) fn run(
         }
         let r = handle(&mut *reader, &dir, &job.caller, job.op, job.admin);
         (job.reply)(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EventKind, TimelineKind};
+    use serde_json::value::RawValue;
+
+    fn ev(seq: u64, body_len: usize) -> Event {
+        let body = format!("\"{}\"", "x".repeat(body_len));
+        Event {
+            k: EventKind::Msg,
+            mid: seq,
+            tl: TimelineKind::User,
+            g: None,
+            seq,
+            from: None,
+            to: None,
+            ts: 0,
+            cid: None,
+            reference: None,
+            recalled: false,
+            body: Some(RawValue::from_string(body).unwrap().into()),
+        }
+    }
+
+    #[test]
+    fn pages_stop_at_the_byte_cap_but_never_empty() {
+        let mut events: Vec<Event> = (1..=100).map(|s| ev(s, 16 * 1024)).collect();
+        let mut more = false;
+        cap_page(&mut events, &mut more);
+        assert!(more);
+        assert_eq!(events.len(), MAX_PAGE_BYTES / (16 * 1024 + 162));
+        let mut one = vec![ev(1, MAX_PAGE_BYTES * 2)];
+        let mut more = false;
+        cap_page(&mut one, &mut more);
+        assert_eq!((one.len(), more), (1, false));
+        let mut small: Vec<Event> = (1..=500).map(|s| ev(s, 10)).collect();
+        cap_page(&mut small, &mut more);
+        assert_eq!((small.len(), more), (500, false));
     }
 }

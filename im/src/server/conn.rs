@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::engine::{Caller, Engine};
 use crate::metrics::ImMetrics;
-use crate::proto::{encode_response, parse_request};
+use crate::proto::{encode_response, parse_request, Request};
 use crate::router::{DeviceInfo, Registration, Router};
 use crate::server::outbox::{Item, Outbox};
 use crate::session::{CloseReason, ConnectRefusal, Session, SessionConfig, SessionEvent, Version};
@@ -127,6 +127,11 @@ fn refusal_label(r: ConnectRefusal) -> &'static str {
     }
 }
 
+/// Reads (sync, pull, history, receipts) one connection may have in flight before it stops
+/// reading: their answers can be large (a page is capped at 512 KiB), so this bounds what
+/// waits in its outbox for a client that does not read.
+const MAX_READS_IN_FLIGHT: usize = 4;
+
 /// Longest a write may block before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -149,6 +154,7 @@ pub async fn run(
         outbox: Arc::new(Outbox::new(shared.send_queue_bytes)),
         registration: None,
         caller: None,
+        reads: Arc::new(AtomicUsize::new(0)),
         transport_name,
         remote,
         closing: false,
@@ -170,6 +176,8 @@ struct Conn {
     outbox: Arc<Outbox>,
     registration: Option<Registration>,
     caller: Option<Caller>,
+    /// Reads in flight (see [`MAX_READS_IN_FLIGHT`]).
+    reads: Arc<AtomicUsize>,
     transport_name: &'static str,
     remote: SocketAddr,
     /// Write what is pending, then end.
@@ -224,7 +232,8 @@ impl Conn {
             if self.closing {
                 return Ok(());
             }
-            let reading = self.session.in_flight() < self.shared.session.receive_maximum as usize;
+            let reading = self.session.in_flight() < self.shared.session.receive_maximum as usize
+                && self.reads.load(Ordering::Acquire) < MAX_READS_IN_FLIGHT;
             let deadline = self
                 .session
                 .poll_timeout()
@@ -305,6 +314,17 @@ impl Conn {
                         }
                         Ok(req) => {
                             let id = req.id().map(str::to_owned);
+                            let read = matches!(
+                                req,
+                                Request::Sync(_)
+                                    | Request::Pull(_)
+                                    | Request::History(_)
+                                    | Request::Receipts(_)
+                            )
+                            .then(|| {
+                                self.reads.fetch_add(1, Ordering::AcqRel);
+                                self.reads.clone()
+                            });
                             let outbox = self.outbox.clone();
                             let metrics = self.shared.metrics.clone();
                             let started = Instant::now();
@@ -324,6 +344,11 @@ impl Conn {
                                                 &e.code.to_string(),
                                             ])
                                             .inc();
+                                    }
+                                    // Before the push wakes the task, which then
+                                    // decides whether to read again.
+                                    if let Some(reads) = read {
+                                        reads.fetch_sub(1, Ordering::AcqRel);
                                     }
                                     outbox.push_response(
                                         ticket,

@@ -113,11 +113,11 @@ async fn accept_loop(l: Listener, tls: Option<TlsAcceptor>, shared: Arc<Shared>)
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 let tls = tls.clone();
+                let max_packet = shared.session.max_packet_bytes;
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, l.kind, tls))
-                        .await
-                    {
+                    let shake = handshake(stream, l.kind, tls, max_packet);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
                         Ok(Ok(t)) => conn::run(shared, t, l.kind.name(), peer).await,
                         Ok(Err(e)) => debug!(%peer, "im/{}: handshake failed: {e}", l.kind.name()),
                         Err(_) => debug!(%peer, "im/{}: handshake timed out", l.kind.name()),
@@ -137,6 +137,7 @@ async fn handshake(
     stream: TcpStream,
     kind: Kind,
     tls: Option<TlsAcceptor>,
+    max_packet: usize,
 ) -> std::io::Result<Transport> {
     let io: Box<dyn Io> = match kind {
         Kind::Mqtt | Kind::Ws => Box::new(stream),
@@ -149,11 +150,13 @@ async fn handshake(
         Kind::Mqtt | Kind::Mqtts => Ok(Transport::Stream(io)),
         Kind::Ws | Kind::Wss => {
             // tungstenite's default 128 KiB read buffer would dominate an idle connection.
+            // Frames up to twice the largest packet: clients send a packet per frame, and a
+            // few batched small ones fit as well.
             let config = WebSocketConfig::default()
                 .read_buffer_size(4096)
                 .write_buffer_size(0)
-                .max_message_size(Some(1 << 20))
-                .max_frame_size(Some(1 << 20));
+                .max_message_size(Some(2 * max_packet + 4096))
+                .max_frame_size(Some(2 * max_packet + 4096));
             let ws = tokio_tungstenite::accept_hdr_async_with_config(io, select_mqtt, Some(config))
                 .await
                 .map_err(std::io::Error::other)?;

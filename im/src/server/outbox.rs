@@ -65,14 +65,15 @@ impl Outbox {
         self.inner.lock().subscribed = true;
     }
 
-    /// Queues a response. Responses are never dropped (they are bounded by the session's
-    /// receive maximum), but count towards the limit seen by events.
+    /// Queues a response. Responses are never dropped and do not count towards the event
+    /// limit (a healthy client's large sync page must not get it disconnected): they are
+    /// bounded by the requests in flight (the connection stops reading at the session's
+    /// receive maximum, and at a few reads) times the page size cap.
     pub fn push_response(&self, ticket: Ticket, json: Vec<u8>) {
         let mut g = self.inner.lock();
         if g.close.is_some() {
             return;
         }
-        g.bytes += json.len();
         let wake = g.items.is_empty();
         g.items.push_back(Item::Response(ticket, json));
         drop(g);
@@ -147,6 +148,18 @@ mod tests {
         assert_eq!(o.drain(&mut q), Some(CloseReason::SlowConsumer));
         assert!(q.is_empty(), "the queue is dropped on overflow");
         assert_eq!(o.push_event(&ev, now), Pushed::Ignored);
+    }
+
+    #[test]
+    fn responses_do_not_count_against_events() {
+        let o = Outbox::new(100);
+        o.set_subscribed();
+        o.push_response(Ticket(1), vec![b'r'; 1000]);
+        let ev = Bytes::from(vec![b'x'; 60]);
+        assert_eq!(o.push_event(&ev, Instant::now()), Pushed::Queued);
+        let mut q = VecDeque::new();
+        assert_eq!(o.drain(&mut q), None);
+        assert_eq!(q.len(), 2);
     }
 
     #[test]
