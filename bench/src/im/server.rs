@@ -141,8 +141,10 @@ impl Broker {
             "# written by ember-bench\n[im]\nmode = \"dev\"\nmqtt_listen = [\"127.0.0.1:{mq}\"]\n\
              ws_listen = []\nhttp_listen = [\"127.0.0.1:{http}\"]\n\
              admin_listen = [\"127.0.0.1:{admin}\"]\nadmin_secret = \"{admin_secret}\"\n\
-             token_key = \"{token_key}\"\ndatabase = {db:?}\nrate_limit_per_sec = 0\n\n\
-             [turn]\nenabled = false\n\n[storage]\nenabled = false\n",
+             token_key = \"{token_key}\"\ndatabase = {db:?}\nrate_limit_per_sec = 1000000\n\
+             rate_limit_burst = 1000000\nmax_connections = 100000\n\n\
+             [turn]\nenabled = false\n\n[storage]\nenabled = false\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n[selftest]\nenabled = false\n",
             db = db.display().to_string()
         );
         let cfg_path = tmp.path().join("ember.toml");
@@ -269,16 +271,10 @@ impl Broker {
         let _ = c.wait();
     }
 
-    /// A login token for (uid, device), valid for a day (Ember's `EM1.` format).
+    /// A login token for (uid, device), valid for a day.
     pub fn mint_token(&self, uid: &str, device: &str) -> String {
         let now = unix_secs() as i64;
-        let claims = serde_json::json!({"u": uid, "d": device, "iat": now - 5, "exp": now + 86400});
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let head = format!("EM1.{}", b64.encode(claims.to_string()));
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(self.token_key.as_bytes()).expect("any key length");
-        mac.update(head.as_bytes());
-        format!("{head}.{}", b64.encode(mac.finalize().into_bytes()))
+        mint_token(self.token_key.as_bytes(), uid, device, now - 5, now + 86400)
     }
 
     /// One signed admin call; returns the response body (error unless 2xx).
@@ -291,14 +287,7 @@ impl Broker {
             .as_millis())
         .to_string();
         let nonce = random_secret(24);
-        let msg = format!(
-            "EMBER-HMAC-SHA256\n{method}\n{path}\n{ts}\n{nonce}\n{}",
-            hex(&Sha256::digest(body.as_bytes()))
-        );
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(self.admin_secret.as_bytes()).expect("any key length");
-        mac.update(msg.as_bytes());
-        let sig = hex(&mac.finalize().into_bytes());
+        let sig = admin_signature(&self.admin_secret, method, path, &ts, &nonce, &body);
         let req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
              content-length: {}\r\nnonce: {nonce}\r\ntimestamp: {ts}\r\n\
@@ -326,6 +315,35 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Ember's login token: `EM1.` + base64url(claims JSON) + `.` + base64url(HMAC-SHA256(key,
+/// everything before the last dot)). Ids are `[A-Za-z0-9_.@-]`, so no JSON escaping.
+fn mint_token(key: &[u8], uid: &str, device: &str, iat: i64, exp: i64) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = format!(r#"{{"u":"{uid}","d":"{device}","iat":{iat},"exp":{exp}}}"#);
+    let head = format!("EM1.{}", b64.encode(claims));
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(head.as_bytes());
+    format!("{head}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// The `Ember-HMAC-SHA256` admin signature (docs/PROTOCOL.md §11), lowercase hex.
+fn admin_signature(
+    secret: &str,
+    method: &str,
+    path: &str,
+    ts: &str,
+    nonce: &str,
+    body: &str,
+) -> String {
+    let msg = format!(
+        "EMBER-HMAC-SHA256\n{method}\n{path}\n{ts}\n{nonce}\n{}",
+        hex(&Sha256::digest(body.as_bytes()))
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(msg.as_bytes());
+    hex(&mac.finalize().into_bytes())
 }
 
 fn trunc(s: &str, n: usize) -> &str {
@@ -409,6 +427,33 @@ fn mosquitto_version(bin: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worked example of docs/PROTOCOL.md §11.
+    #[test]
+    fn signature_matches_the_protocol_example() {
+        let sig = admin_signature(
+            "0123456789abcdef0123456789abcdef",
+            "POST",
+            "/v1/users/alice/tokens",
+            "1700000000000",
+            "4f1c2a9e7b3d8c60a5e2f1d4",
+            r#"{"device":"phone","ttl_secs":86400}"#,
+        );
+        assert_eq!(
+            sig,
+            "d223324dadcabc6db5b0dedd98e8fc4508f50566e5137bd518ff7f8833775111"
+        );
+    }
+
+    /// The fixed vector of im/src/token.rs.
+    #[test]
+    fn token_matches_the_server_vector() {
+        assert_eq!(
+            mint_token(b"k", "a", "b", 1, 2),
+            "EM1.eyJ1IjoiYSIsImQiOiJiIiwiaWF0IjoxLCJleHAiOjJ9.\
+             A2_WBnT_TWCHZamLf9Z2ruphlmC9sBhXG2XHOq09RJk"
+        );
+    }
 
     #[test]
     fn http_parsing() {
