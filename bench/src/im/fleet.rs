@@ -203,7 +203,10 @@ impl Fleet {
     }
 
     pub fn ready_count(&self) -> usize {
-        self.conns.iter().filter(|c| c.state == State::Ready).count()
+        self.conns
+            .iter()
+            .filter(|c| c.state == State::Ready)
+            .count()
     }
 
     fn start(&mut self, i: usize, timeout_ns: u64) -> Result<(), String> {
@@ -246,9 +249,7 @@ impl Fleet {
         let c = &mut self.conns[i];
         let was_ready = c.state == State::Ready;
         if let Some(s) = c.sock.take() {
-            let _ = self
-                .poll
-                .ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
+            let _ = self.poll.ctl(libc::EPOLL_CTL_DEL, s.as_raw_fd(), 0, 0);
         }
         c.state = State::Dead;
         c.rbuf = Vec::new();
@@ -469,14 +470,8 @@ impl Fleet {
                 break;
             };
             // SAFETY: scratch is valid for its length.
-            let r = unsafe {
-                libc::recv(
-                    s.as_raw_fd(),
-                    scratch.as_mut_ptr().cast(),
-                    scratch.len(),
-                    0,
-                )
-            };
+            let r =
+                unsafe { libc::recv(s.as_raw_fd(), scratch.as_mut_ptr().cast(), scratch.len(), 0) };
             if r == 0 {
                 self.kill(i, "closed by the server".into());
                 break;
@@ -556,12 +551,15 @@ impl Fleet {
                     }
                     self.conns[i].state = State::Ready;
                 }
-                (_, Packet::Publish {
-                    qos,
-                    pid,
-                    topic,
-                    payload,
-                }) => {
+                (
+                    _,
+                    Packet::Publish {
+                        qos,
+                        pid,
+                        topic,
+                        payload,
+                    },
+                ) => {
                     if qos > 0 {
                         let c = &mut self.conns[i];
                         if c.wbuf.is_empty() {

@@ -102,7 +102,8 @@ impl Handler for Tracker {
             }
             return;
         }
-        if payload.windows(5).any(|w| w == b"\"k\":\"") && !payload.windows(9).any(|w| w == b"\"k\":\"msg\"")
+        if payload.windows(5).any(|w| w == b"\"k\":\"")
+            && !payload.windows(9).any(|w| w == b"\"k\":\"msg\"")
         {
             self.other_events += 1;
             return;
@@ -215,9 +216,12 @@ pub fn run_step(
         resp_errors: BTreeMap::new(),
     };
     let timer = TimerFd::new(std::time::Duration::from_millis(1))?;
-    fleet
-        .poll
-        .ctl(libc::EPOLL_CTL_ADD, timer.raw(), TIMER_TOKEN, libc::EPOLLIN as u32)?;
+    fleet.poll.ctl(
+        libc::EPOLL_CTL_ADD,
+        timer.raw(),
+        TIMER_TOKEN,
+        libc::EPOLLIN as u32,
+    )?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ t0.max(1));
     let mut payload = Vec::with_capacity(256);
     let mut topic = Vec::with_capacity(64);
@@ -365,7 +369,12 @@ pub fn run_step(
         .iter()
         .map(|(k, v)| format!("{v}x {k}"))
         .collect();
-    errs.extend(fleet.lost.iter().map(|(k, v)| format!("{v} conns lost: {k}")));
+    errs.extend(
+        fleet
+            .lost
+            .iter()
+            .map(|(k, v)| format!("{v} conns lost: {k}")),
+    );
     if tr.wrong_receiver > 0 {
         errs.push(format!("{} to the wrong receiver", tr.wrong_receiver));
     }

@@ -111,9 +111,21 @@ const GID: &str = "g1";
 pub fn run(a: ImArgs) -> Result<()> {
     let nofile = sys::raise_nofile_limit()?;
     let biggest = [
-        if matches!(a.scenario, Scenario::Pair | Scenario::All) { a.online } else { 0 },
-        if matches!(a.scenario, Scenario::Group | Scenario::All) { a.group_online } else { 0 },
-        if matches!(a.scenario, Scenario::Idle | Scenario::All) { a.idle } else { 0 },
+        if matches!(a.scenario, Scenario::Pair | Scenario::All) {
+            a.online
+        } else {
+            0
+        },
+        if matches!(a.scenario, Scenario::Group | Scenario::All) {
+            a.group_online
+        } else {
+            0
+        },
+        if matches!(a.scenario, Scenario::Idle | Scenario::All) {
+            a.idle
+        } else {
+            0
+        },
     ]
     .into_iter()
     .max()
@@ -172,7 +184,11 @@ pub fn run(a: ImArgs) -> Result<()> {
         println!("\n{title}\n{table}");
         out.push(format!("{title}\n{table}"));
         json.extend(rows.iter().filter_map(|r| serde_json::to_value(r).ok()));
-        json.extend(idle_rows.iter().filter_map(|r| serde_json::to_value(r).ok()));
+        json.extend(
+            idle_rows
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok()),
+        );
     }
     let (busy1, total1) = sys::host_cpu();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -180,7 +196,10 @@ pub fn run(a: ImArgs) -> Result<()> {
         "\nhost busy over the run: {:.0}% of {} cores; load average {}",
         100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if a.json {
         println!("{}", serde_json::Value::Array(json));
@@ -197,9 +216,7 @@ pub fn run(a: ImArgs) -> Result<()> {
 
 fn start(a: &ImArgs, k: Kind) -> Result<Broker> {
     match k {
-        Kind::Ember => {
-            Broker::start_ember(&a.ember_bin.clone().unwrap_or_else(default_ember_bin))
-        }
+        Kind::Ember => Broker::start_ember(&a.ember_bin.clone().unwrap_or_else(default_ember_bin)),
         Kind::Mosquitto => Broker::start_mosquitto(&a.mosquitto_bin),
     }
 }

@@ -90,10 +90,22 @@ pub fn pingreq(out: &mut Vec<u8>) {
 /// A packet from the server, borrowing the receive buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
-    ConnAck { code: u8 },
-    SubAck { pid: u16, codes: &'a [u8] },
-    PubAck { pid: u16 },
-    Publish { qos: u8, pid: u16, topic: &'a [u8], payload: &'a [u8] },
+    ConnAck {
+        code: u8,
+    },
+    SubAck {
+        pid: u16,
+        codes: &'a [u8],
+    },
+    PubAck {
+        pid: u16,
+    },
+    Publish {
+        qos: u8,
+        pid: u16,
+        topic: &'a [u8],
+        payload: &'a [u8],
+    },
     PingResp,
     /// Any other packet type (first byte), skipped.
     Other(u8),
@@ -203,7 +215,10 @@ mod tests {
                 payload: &payload
             }
         );
-        assert_eq!(parse(&b[n..]).unwrap().unwrap(), (Packet::PubAck { pid: 9 }, 4));
+        assert_eq!(
+            parse(&b[n..]).unwrap().unwrap(),
+            (Packet::PubAck { pid: 9 }, 4)
+        );
     }
 
     #[test]

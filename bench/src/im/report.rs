@@ -91,7 +91,11 @@ fn line(cols: &[(String, usize)]) -> String {
 }
 
 fn header(h: &[(&str, usize)]) -> String {
-    let l = line(&h.iter().map(|(n, w)| (n.to_string(), *w)).collect::<Vec<_>>());
+    let l = line(
+        &h.iter()
+            .map(|(n, w)| (n.to_string(), *w))
+            .collect::<Vec<_>>(),
+    );
     let rule = "-".repeat(l.chars().count());
     format!("{l}\n{rule}")
 }
@@ -128,7 +132,10 @@ fn verdict(r: &LoadRow) -> String {
     let limit = if r.scenario == "group" { 250.0 } else { 50.0 };
     let on_rate = r.delivered_per_s >= 0.97 * r.offered_per_s * r.receivers_per_msg as f64;
     let ok = r.p99_ms.is_some_and(|p| p < limit) && r.missing == 0 && on_rate;
-    format!("p99<{limit:.0}ms+all delivered: {}", if ok { "ok" } else { "FAIL" })
+    format!(
+        "p99<{limit:.0}ms+all delivered: {}",
+        if ok { "ok" } else { "FAIL" }
+    )
 }
 
 pub fn load_line(r: &LoadRow) -> String {
@@ -174,14 +181,20 @@ fn load_ratio(e: &LoadRow, m: &LoadRow) -> String {
         (String::new(), w[2]),
         (ratio(Some(e.sent_per_s), Some(m.sent_per_s)), w[3]),
         (ratio(Some(e.acked_per_s), Some(m.acked_per_s)), w[4]),
-        (ratio(Some(e.delivered_per_s), Some(m.delivered_per_s)), w[5]),
+        (
+            ratio(Some(e.delivered_per_s), Some(m.delivered_per_s)),
+            w[5],
+        ),
         (String::new(), w[6]),
         (String::new(), w[7]),
         (ratio(e.p50_ms, m.p50_ms), w[8]),
         (ratio(e.p99_ms, m.p99_ms), w[9]),
         (ratio(e.p999_ms, m.p999_ms), w[10]),
         (ratio(e.server_cores, m.server_cores), w[11]),
-        (ratio(e.server_us_per_delivery, m.server_us_per_delivery), w[12]),
+        (
+            ratio(e.server_us_per_delivery, m.server_us_per_delivery),
+            w[12],
+        ),
         (ratio(e.server_peak_rss_mb, m.server_peak_rss_mb), w[13]),
         (String::new(), w[14]),
         ("ember/mosquitto".into(), 0),

@@ -305,7 +305,10 @@ impl Broker {
         let (status, body) = parse_http(&resp)
             .with_context(|| format!("admin {method} {path}: bad HTTP response"))?;
         if !(200..300).contains(&status) {
-            bail!("admin {method} {path}: HTTP {status}: {}", trunc(&body, 300));
+            bail!(
+                "admin {method} {path}: HTTP {status}: {}",
+                trunc(&body, 300)
+            );
         }
         Ok(body)
     }
@@ -406,11 +409,7 @@ fn version_of(bin: &Path) -> String {
 
 /// `mosquitto -h` prints "mosquitto version X.Y.Z" first (and exits non-zero).
 fn mosquitto_version(bin: &Path) -> String {
-    let Ok(o) = Command::new(bin)
-        .arg("-h")
-        .stdin(Stdio::null())
-        .output()
-    else {
+    let Ok(o) = Command::new(bin).arg("-h").stdin(Stdio::null()).output() else {
         return "mosquitto".into();
     };
     let s = format!(
@@ -459,7 +458,8 @@ mod tests {
     fn http_parsing() {
         let (s, b) = parse_http(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
         assert_eq!((s, b.as_str()), (200, "{}"));
-        let r = b"HTTP/1.1 401 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let r =
+            b"HTTP/1.1 401 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         let (s, b) = parse_http(r).unwrap();
         assert_eq!((s, b.as_str()), (401, "abcde"));
         assert!(parse_http(b"garbage").is_none());
