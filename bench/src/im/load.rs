@@ -129,12 +129,12 @@ impl Handler for Tracker {
             self.bad_payload += 1;
             return;
         }
-        if self.group {
-            if m.sender as usize == conn {
-                self.self_deliveries += 1;
-                return;
-            }
-        } else if m.dest as usize != conn {
+        if m.sender as usize == conn {
+            // Ember may copy a message to the sender's own devices; not a delivery here.
+            self.self_deliveries += 1;
+            return;
+        }
+        if !self.group && m.dest as usize != conn {
             self.wrong_receiver += 1;
             return;
         }

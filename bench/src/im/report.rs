@@ -26,7 +26,7 @@ pub struct LoadRow {
     pub duplicates: u64,
     /// Messages (whole step) without PUBACK at the end.
     pub unacked: u64,
-    /// Group: copies the sending connection got of its own message (not counted above).
+    /// Copies the sending connection got of its own message (not counted above).
     pub self_deliveries: u64,
     /// Ember events other than `msg` (membership notices etc.).
     pub other_events: u64,
