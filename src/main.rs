@@ -63,6 +63,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run only the messaging core (MQTT, short-link HTTP and admin APIs) and the metrics
+    /// endpoint.
+    Im {
+        /// Config file (TOML); keys can be overridden by EMBER_<SECTION>__<KEY> variables.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run only the STUN/TURN relay (and the metrics endpoint).
     Turn {
         /// Config file (TOML); keys can be overridden by EMBER_<SECTION>__<KEY> variables.
@@ -90,6 +97,8 @@ enum Scope {
     Turn,
     /// `ember storage`: the object store, enabled or not.
     Storage,
+    /// `ember im`: the messaging core, enabled or not.
+    Im,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +110,7 @@ fn main() -> ExitCode {
         Command::Up { config } => serve(config, Scope::All),
         Command::Turn { config } => serve(config, Scope::Turn),
         Command::Storage { config } => serve(config, Scope::Storage),
+        Command::Im { config } => serve(config, Scope::Im),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +208,7 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
     let mut cfg = load(path.as_deref())?;
     let run_turn = scope == Scope::Turn || (scope == Scope::All && cfg.turn.enabled);
     let run_storage = scope == Scope::Storage || (scope == Scope::All && cfg.storage.enabled);
+    let run_im = scope == Scope::Im || (scope == Scope::All && cfg.im.enabled);
     let dev = path.is_none();
     // Built-in defaults have no credentials: make one up for this run, so the relay is
     // usable right away (and validation does not complain about it).
@@ -228,13 +239,24 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
     if !cfg.storage.enabled && scope == Scope::Storage {
         cfg.storage.enabled = true;
     }
+    // And the messaging core's admin secret and token key (tokens die with the process).
+    let dev_im_secret = (dev && run_im && cfg.im.admin_secret.is_empty()).then(|| {
+        cfg.im.token_key = ember_common::template::random_token(40);
+        ember_common::template::random_token(40)
+    });
+    if let Some(s) = &dev_im_secret {
+        cfg.im.admin_secret = s.clone();
+    }
+    if !cfg.im.enabled && scope == Scope::Im {
+        cfg.im.enabled = true;
+    }
     let warnings = cfg
         .validate()
         .with_context(|| source_name(path.as_deref()))?;
-    if !run_turn && !run_storage {
+    if !run_turn && !run_storage && !run_im {
         return Err(anyhow::Error::new(ConfigError::Validation(vec![
             ember_common::config::Problem {
-                key: "turn.enabled, storage.enabled".into(),
+                key: "turn.enabled, storage.enabled, im.enabled".into(),
                 message: "every service is disabled, nothing to run".into(),
             },
         ])));
@@ -280,7 +302,15 @@ fn serve(path: Option<PathBuf>, scope: Scope) -> anyhow::Result<()> {
         );
         flush();
     }
-    runtime.block_on(run(cfg, run_turn, run_storage))
+    if let Some(secret) = &dev_im_secret {
+        let port = cfg.im.admin_listen.first().map_or(18080, |a| a.port());
+        println!(
+            "ember: ephemeral IM admin secret (dev only, valid for this run): {secret}\n\
+             ember:   admin API on 127.0.0.1:{port}, signed as docs/PROTOCOL.md says"
+        );
+        flush();
+    }
+    runtime.block_on(run(cfg, run_turn, run_storage, run_im))
 }
 
 fn print_dev_secret(secret: &str, realm: &str) {
@@ -301,7 +331,7 @@ fn flush() {
 
 /// Starts the services, announces their sockets, and waits for a signal (or a service
 /// that stops on its own), then shuts everything down within [`SHUTDOWN_GRACE`].
-async fn run(cfg: Config, run_turn: bool, run_storage: bool) -> anyhow::Result<()> {
+async fn run(cfg: Config, run_turn: bool, run_storage: bool, run_im: bool) -> anyhow::Result<()> {
     let shutdown = shutdown::shutdown_token();
     // Own SIGHUP for the whole run, so that it never kills the process: TLS certificates
     // reload on it (ember_common::tls), nothing else does yet.
@@ -318,7 +348,7 @@ async fn run(cfg: Config, run_turn: bool, run_storage: bool) -> anyhow::Result<(
 
     let mut started: Vec<Service> = Vec::new();
     let result = async {
-        let tls = services::tls_provider(&cfg, run_turn, run_storage, &shutdown).await?;
+        let tls = services::tls_provider(&cfg, run_turn, run_storage, run_im, &shutdown).await?;
         if run_turn {
             started.push(services::start_turn(&cfg, tls.as_ref(), &shutdown).await?);
             let turn = started.last();
@@ -331,6 +361,9 @@ async fn run(cfg: Config, run_turn: bool, run_storage: bool) -> anyhow::Result<(
         }
         if run_storage {
             started.push(services::start_storage(&cfg, tls.as_ref(), &shutdown).await?);
+        }
+        if run_im {
+            started.extend(services::start_im(&cfg, tls.as_ref(), &shutdown).await?);
         }
         if let Some(m) = services::start_metrics(&cfg, &shutdown).await? {
             started.push(m);

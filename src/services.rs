@@ -37,20 +37,31 @@ pub struct PortSubstitute {
     pub used: u16,
 }
 
-/// Substitutes made by the built-in defaults. None today: TURN's 3478 and 5349 are
-/// unprivileged already; the HTTP services add theirs (80 -> 8080) when they arrive.
-pub const DEV_PORT_SUBSTITUTES: &[PortSubstitute] = &[];
+/// Substitutes made by the built-in defaults (TURN's 3478 and 5349 and MQTT's 1883/8083
+/// are unprivileged already).
+pub const DEV_PORT_SUBSTITUTES: &[PortSubstitute] = &[PortSubstitute {
+    service: "im/http",
+    standard: 80,
+    used: 8080,
+}];
 
 /// The `[tls]` certificate, loaded once for every TLS listener, if any is configured.
 pub async fn tls_provider(
     cfg: &Config,
     run_turn: bool,
     run_storage: bool,
+    run_im: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<TlsProvider>> {
     let mut users = Vec::new();
     if run_storage && !cfg.storage.tls_listen.is_empty() {
         users.push("storage.tls_listen");
+    }
+    if run_im && !cfg.im.mqtts_listen.is_empty() {
+        users.push("im.mqtts_listen");
+    }
+    if run_im && !cfg.im.wss_listen.is_empty() {
+        users.push("im.wss_listen");
     }
     if run_turn && !cfg.turn.tls_listen.is_empty() {
         users.push("turn.tls_listen");
@@ -166,6 +177,29 @@ pub async fn start_storage(
         listening: server.local_addrs(),
         stopped: Box::pin(server.run(router, shutdown.clone())),
     })
+}
+
+/// The messaging core: MQTT (TCP, TLS, WebSocket, WSS), the short-link HTTP API and the
+/// signed admin API, each a service of its own.
+pub async fn start_im(
+    cfg: &Config,
+    tls: Option<&TlsProvider>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Service>> {
+    let tls = tls
+        .filter(|_| !cfg.im.mqtts_listen.is_empty() || !cfg.im.wss_listen.is_empty())
+        .map(TlsProvider::server_config);
+    let parts = ember_im::service::start(&cfg.im, tls, registry(), shutdown)
+        .await
+        .context("cannot start the messaging core")?;
+    Ok(parts
+        .into_iter()
+        .map(|p| Service {
+            name: p.name,
+            listening: p.listening,
+            stopped: p.stopped,
+        })
+        .collect())
 }
 
 /// The Prometheus endpoint, unless `metrics.listen` is empty.

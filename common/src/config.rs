@@ -27,6 +27,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[log]`: log filter and format.
     pub log: LogConfig,
+    /// `[im]`: the messaging core.
+    pub im: ImConfig,
 }
 
 /// `[turn]`: the STUN/TURN relay.
@@ -421,6 +423,442 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[im]`: the messaging core (MQTT long connections, short-link HTTP, signed admin API).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// Run the messaging core under `ember up`.
+    pub enabled: bool,
+    /// "dev" (empty secrets allowed: random per-run ones are generated) or "production"
+    /// (refuses to start with weak secrets, `no_check_time` or no `server_host`).
+    pub mode: ImMode,
+    /// Domain clients connect to, returned by `/route`. Empty: 127.0.0.1 (dev only).
+    pub server_host: String,
+    /// Short-link HTTP listeners (`/api/version`, `/route`); the standard port is 80.
+    pub http_listen: Vec<SocketAddr>,
+    /// MQTT over TCP listeners (1883).
+    pub mqtt_listen: Vec<SocketAddr>,
+    /// MQTT over TLS listeners (8883), certificate from `[tls]`.
+    pub mqtts_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket listeners (8083).
+    pub ws_listen: Vec<SocketAddr>,
+    /// MQTT over secure WebSocket listeners (8084), certificate from `[tls]`.
+    pub wss_listen: Vec<SocketAddr>,
+    /// Signed admin API listeners (18080); open them to the app's back end only.
+    pub admin_listen: Vec<SocketAddr>,
+    /// Secret of the admin API signatures.
+    pub admin_secret: String,
+    /// Key that signs login tokens (HMAC-SHA256).
+    pub token_key: String,
+    /// Accept admin requests with any timestamp (debugging only; refused in production).
+    pub no_check_time: bool,
+    /// The database: a SQLite file path. `postgres://` URLs are reserved for later.
+    pub database: String,
+    /// Alternative addresses clients may use (`host:short_port:long_port:ws_port`).
+    pub backup_addresses: Vec<BackupAddress>,
+    /// Largest message body, bytes.
+    pub max_message_bytes: u32,
+    /// How long after sending a message its sender may recall it, seconds.
+    pub recall_window_secs: u32,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer.
+    pub send_queue_bytes: u32,
+    /// Requests per second and user (token bucket rate); over it: 429.
+    pub rate_limit_per_sec: u32,
+    /// Token bucket size per user.
+    pub rate_limit_burst: u32,
+    /// Concurrent client connections; more are refused (CONNACK server unavailable).
+    pub max_connections: u32,
+    /// Upper bound of a client's MQTT keep alive, seconds.
+    pub keepalive_max_secs: u16,
+    /// Largest difference between an admin request's timestamp and the server clock, seconds.
+    pub admin_time_window_secs: u32,
+    /// Admin signature schemes accepted.
+    pub admin_signatures: Vec<AdminSignature>,
+    /// Default lifetime of login tokens issued by the admin API, seconds.
+    pub token_ttl_secs: u32,
+    /// Largest group.
+    pub group_max_members: u32,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            enabled: true,
+            mode: ImMode::Dev,
+            server_host: String::new(),
+            http_listen: vec!["0.0.0.0:8080".parse().unwrap()],
+            mqtt_listen: vec!["0.0.0.0:1883".parse().unwrap()],
+            mqtts_listen: Vec::new(),
+            ws_listen: vec!["0.0.0.0:8083".parse().unwrap()],
+            wss_listen: Vec::new(),
+            admin_listen: vec!["127.0.0.1:18080".parse().unwrap()],
+            admin_secret: String::new(),
+            token_key: String::new(),
+            no_check_time: false,
+            database: "ember-data/im.sqlite3".into(),
+            backup_addresses: Vec::new(),
+            max_message_bytes: 16_384,
+            recall_window_secs: 120,
+            send_queue_bytes: 262_144,
+            rate_limit_per_sec: 20,
+            rate_limit_burst: 100,
+            max_connections: 100_000,
+            keepalive_max_secs: 300,
+            admin_time_window_secs: 300,
+            admin_signatures: vec![AdminSignature::HmacSha256, AdminSignature::WildfireSha1],
+            token_ttl_secs: 2_592_000,
+            group_max_members: 10_000,
+        }
+    }
+}
+
+/// `[im] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImMode {
+    /// Development: empty secrets allowed (random per run), no host needed.
+    Dev,
+    /// Production: the go-live checks of [`Config::validate`] are errors.
+    Production,
+}
+
+impl fmt::Display for ImMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImMode::Dev => "dev",
+            ImMode::Production => "production",
+        })
+    }
+}
+
+/// An admin request signature scheme (`[im] admin_signatures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum AdminSignature {
+    /// `authorization: Ember-HMAC-SHA256 <hex>` over method, path, timestamp, nonce, body.
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// Wildfire's `sign` = hex SHA-1 of `nonce|secret|timestamp`.
+    #[serde(rename = "wildfire-sha1")]
+    WildfireSha1,
+}
+
+impl fmt::Display for AdminSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdminSignature::HmacSha256 => "hmac-sha256",
+            AdminSignature::WildfireSha1 => "wildfire-sha1",
+        })
+    }
+}
+
+/// A `backup_addresses` entry, `host:short_port:long_port:ws_port` (Wildfire's
+/// `server.backup_address` format): another way to reach this node, e.g. an access point
+/// that forwards its ports to it. An IPv6 host is written in brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupAddress {
+    /// Host name or IP address (IPv6 without the brackets).
+    pub host: String,
+    /// Port forwarded to the short-link HTTP listener.
+    pub short_port: u16,
+    /// Port forwarded to the MQTT listener.
+    pub long_port: u16,
+    /// Port forwarded to the WebSocket listener.
+    pub ws_port: u16,
+}
+
+impl FromStr for BackupAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = |why: &str| {
+            format!("invalid backup address {s:?}: {why}; expected \"host:short_port:long_port:ws_port\"")
+        };
+        let mut parts = s.rsplitn(4, ':');
+        let mut port = |name: &str| -> Result<u16, String> {
+            let p = parts.next().ok_or_else(|| err(&format!("no {name}")))?;
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(err(&format!("{name} {p:?} is not a port 1-65535"))),
+                Ok(n) => Ok(n),
+            }
+        };
+        let ws_port = port("ws_port")?;
+        let long_port = port("long_port")?;
+        let short_port = port("short_port")?;
+        let host = parts.next().ok_or_else(|| err("no host"))?.trim();
+        let host = match host.strip_prefix('[') {
+            Some(rest) => {
+                let inner = rest.strip_suffix(']').ok_or_else(|| err("unclosed '['"))?;
+                inner
+                    .parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| err("not an IPv6 address inside [ ]"))?;
+                inner
+            }
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(err("empty host"));
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || "/?#@[]".contains(c))
+        {
+            return Err(err("bad host"));
+        }
+        if host.contains(':') && !s.trim_start().starts_with('[') {
+            return Err(err("write an IPv6 host in brackets"));
+        }
+        Ok(BackupAddress {
+            host: host.to_owned(),
+            short_port,
+            long_port,
+            ws_port,
+        })
+    }
+}
+
+impl fmt::Display for BackupAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        write!(
+            f,
+            ":{}:{}:{}",
+            self.short_port, self.long_port, self.ws_port
+        )
+    }
+}
+
+impl Serialize for BackupAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Shortest `admin_secret` / `token_key` accepted in production.
+pub const MIN_IM_SECRET_LEN: usize = 32;
+
+/// Largest `[im] max_message_bytes` (the admin API's body limit is 1 MiB too).
+pub const MAX_IM_MESSAGE_BYTES: u32 = 1024 * 1024;
+
+/// Secrets that ship in well-known configs (Wildfire's `123456` and `testim`) or in
+/// documentation: refused in production whatever their length, compared case-insensitively.
+pub const KNOWN_DEFAULT_SECRETS: &[&str] = &[
+    "123456",
+    "testim",
+    "secret",
+    "changeme",
+    "change-me",
+    "replace-me-with-a-random-secret-of-32-chars",
+];
+
+impl ImConfig {
+    /// The host clients are told to connect to: `server_host`, or 127.0.0.1 when empty (dev).
+    pub fn effective_host(&self) -> &str {
+        if self.server_host.is_empty() {
+            "127.0.0.1"
+        } else {
+            &self.server_host
+        }
+    }
+
+    /// Why a secret is too weak for production, if it is.
+    pub fn secret_problem(secret: &str) -> Option<String> {
+        if secret.is_empty() {
+            Some("is empty".into())
+        } else if KNOWN_DEFAULT_SECRETS
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(secret.trim()))
+        {
+            Some("is a well-known default value".into())
+        } else if secret.chars().count() < MIN_IM_SECRET_LEN {
+            Some(format!("is shorter than {MIN_IM_SECRET_LEN} characters"))
+        } else {
+            None
+        }
+    }
+
+    fn validate(
+        &self,
+        tls: &TlsConfig,
+        error: &mut impl FnMut(&str, String),
+        warnings: &mut Vec<String>,
+    ) {
+        let prod = self.mode == ImMode::Production;
+        let client_listeners = [
+            ("im.mqtt_listen", &self.mqtt_listen),
+            ("im.mqtts_listen", &self.mqtts_listen),
+            ("im.ws_listen", &self.ws_listen),
+            ("im.wss_listen", &self.wss_listen),
+        ];
+        if self.enabled && client_listeners.iter().all(|(_, l)| l.is_empty()) {
+            error(
+                "im.mqtt_listen",
+                "no client listener: set im.mqtt_listen, im.mqtts_listen, im.ws_listen or \
+                 im.wss_listen, or im.enabled = false"
+                    .into(),
+            );
+        }
+        let all = client_listeners.iter().copied().chain([
+            ("im.http_listen", &self.http_listen),
+            ("im.admin_listen", &self.admin_listen),
+        ]);
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for (key, list) in all {
+            for addr in list.iter() {
+                if addr.port() == 0 {
+                    continue;
+                }
+                if let Some((_, first)) = seen.iter().find(|(a, _)| a == addr) {
+                    error(key, format!("{addr} is also in {first}"));
+                } else {
+                    seen.push((*addr, key));
+                }
+            }
+        }
+
+        let has_cert = !tls.cert.is_empty() || !tls.certificates.is_empty();
+        for (key, list) in [
+            ("im.mqtts_listen", &self.mqtts_listen),
+            ("im.wss_listen", &self.wss_listen),
+        ] {
+            if self.enabled && prod && !list.is_empty() && !has_cert {
+                error(
+                    key,
+                    "production needs a real certificate in [tls] (tls.cert / tls.key); \
+                     clients refuse the self-signed development certificate"
+                        .into(),
+                );
+            }
+        }
+
+        for (key, value) in [
+            ("im.admin_secret", &self.admin_secret),
+            ("im.token_key", &self.token_key),
+        ] {
+            match Self::secret_problem(value) {
+                Some(why) if prod => error(
+                    key,
+                    format!("{why}: production needs a random secret (`ember init` writes one)"),
+                ),
+                Some(why) if !value.is_empty() => warnings.push(format!(
+                    "{key}: {why}; mode = \"production\" would refuse it"
+                )),
+                _ => {}
+            }
+        }
+        if !self.admin_secret.is_empty() && self.admin_secret == self.token_key {
+            let msg = "must differ from im.admin_secret".to_owned();
+            if prod {
+                error("im.token_key", msg);
+            } else {
+                warnings.push(format!("im.token_key: {msg}"));
+            }
+        }
+        if self.no_check_time {
+            if prod {
+                error(
+                    "im.no_check_time",
+                    "must be false in production: it lets captured admin requests be replayed"
+                        .into(),
+                );
+            } else {
+                warnings.push(
+                    "im.no_check_time = true: admin request timestamps are not checked \
+                     (debugging only)"
+                        .into(),
+                );
+            }
+        }
+        let host = self.server_host.trim();
+        if host != self.server_host
+            || host.contains(['/', ':', '?', '#', '@'])
+                && host.parse::<std::net::Ipv6Addr>().is_err()
+        {
+            error(
+                "im.server_host",
+                format!(
+                    "{:?}: expected a bare host name, without scheme or port",
+                    self.server_host
+                ),
+            );
+        } else if host.is_empty() {
+            if prod {
+                error(
+                    "im.server_host",
+                    "must be set in production: the domain clients connect to".into(),
+                );
+            }
+        } else if prod && host.parse::<IpAddr>().is_ok() {
+            warnings.push(format!(
+                "im.server_host: {host} is an IP address; use a domain so the server can move \
+                 without updating clients"
+            ));
+        }
+
+        let db = self.database.trim();
+        if db.is_empty() {
+            error("im.database", "must be set (a SQLite file path)".into());
+        } else if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            error(
+                "im.database",
+                "PostgreSQL is not supported yet; use a SQLite file path".into(),
+            );
+        } else if db.contains("://") {
+            error(
+                "im.database",
+                format!("{db:?}: expected a SQLite file path"),
+            );
+        }
+
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_IM_MESSAGE_BYTES {
+            error(
+                "im.max_message_bytes",
+                format!("must be 1..={MAX_IM_MESSAGE_BYTES}"),
+            );
+        }
+        let one_push = u64::from(self.max_message_bytes) + 8192;
+        if u64::from(self.send_queue_bytes) < one_push {
+            error(
+                "im.send_queue_bytes",
+                format!(
+                    "must hold at least one full message: max_message_bytes + 8192 = {one_push}"
+                ),
+            );
+        }
+        for (key, value) in [
+            ("im.rate_limit_per_sec", self.rate_limit_per_sec),
+            ("im.rate_limit_burst", self.rate_limit_burst),
+            ("im.max_connections", self.max_connections),
+            ("im.keepalive_max_secs", u32::from(self.keepalive_max_secs)),
+            ("im.admin_time_window_secs", self.admin_time_window_secs),
+            ("im.token_ttl_secs", self.token_ttl_secs),
+            ("im.group_max_members", self.group_max_members),
+        ] {
+            if value == 0 {
+                error(key, "must be at least 1".into());
+            }
+        }
+        if self.admin_signatures.is_empty() && !self.admin_listen.is_empty() {
+            error(
+                "im.admin_signatures",
+                "no scheme: every admin request would be refused; list \"hmac-sha256\" and/or \
+                 \"wildfire-sha1\", or set im.admin_listen = []"
+                    .into(),
+            );
+        }
+    }
+}
+
 /// Longest lifetime of self-test credentials: they are for a test, not for calls.
 pub const MAX_SELFTEST_CREDENTIAL_TTL: u32 = 86_400;
 
@@ -633,6 +1071,7 @@ impl Config {
             error("metrics.listen", e);
         }
         self.storage.validate(&mut error, &mut warnings);
+        self.im.validate(&self.tls, &mut error, &mut warnings);
         let st = &self.selftest;
         if st.credential_ttl == 0 || st.credential_ttl > MAX_SELFTEST_CREDENTIAL_TTL {
             error(
@@ -1403,5 +1842,313 @@ mod tests {
         assert!(warnings
             .iter()
             .any(|w| w.contains("no users and no auth_secrets")));
+    }
+
+    /// A production `[im]` that passes every check.
+    fn im_prod() -> Config {
+        let mut cfg = Config::default();
+        cfg.turn.auth_secrets = vec!["0123456789abcdef0123".into()];
+        cfg.storage.enabled = false;
+        cfg.im.mode = ImMode::Production;
+        cfg.im.server_host = "im.example.com".into();
+        cfg.im.admin_secret = "a".repeat(20) + "Bq3xZ9kLmN0p";
+        cfg.im.token_key = "t".repeat(20) + "Vw8yR2sTuJ4h";
+        cfg
+    }
+
+    fn problem_keys(cfg: &Config) -> Vec<String> {
+        match cfg.validate() {
+            Err(ConfigError::Validation(p)) => p.into_iter().map(|p| p.key).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn im_defaults_and_parsing() {
+        let d = ImConfig::default();
+        assert_eq!(d.mode, ImMode::Dev);
+        assert_eq!(d.http_listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(d.admin_listen, vec!["127.0.0.1:18080".parse().unwrap()]);
+        assert!(d.mqtts_listen.is_empty() && d.wss_listen.is_empty());
+        assert_eq!(d.effective_host(), "127.0.0.1");
+        assert_eq!(
+            d.admin_signatures,
+            [AdminSignature::HmacSha256, AdminSignature::WildfireSha1]
+        );
+        let cfg = parse(
+            "[im]\nmode = \"production\"\nserver_host = \"im.example.com\"\n\
+             admin_signatures = [\"hmac-sha256\"]\n\
+             backup_addresses = [\"10.1.2.3:81:1881:8081\", \"[2001:db8::1]:82:1882:8082\"]\n\
+             max_message_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.im.mode, ImMode::Production);
+        assert_eq!(cfg.im.effective_host(), "im.example.com");
+        assert_eq!(cfg.im.admin_signatures, [AdminSignature::HmacSha256]);
+        assert_eq!(
+            cfg.im.backup_addresses,
+            [
+                BackupAddress {
+                    host: "10.1.2.3".into(),
+                    short_port: 81,
+                    long_port: 1881,
+                    ws_port: 8081
+                },
+                BackupAddress {
+                    host: "2001:db8::1".into(),
+                    short_port: 82,
+                    long_port: 1882,
+                    ws_port: 8082
+                }
+            ]
+        );
+        assert_eq!(
+            cfg.im.backup_addresses[1].to_string(),
+            "[2001:db8::1]:82:1882:8082"
+        );
+        assert_eq!(cfg.im.max_message_bytes, 4096);
+
+        let msg = parse("[im]\nmode = \"prod\"\n").unwrap_err().to_string();
+        assert!(msg.starts_with("ember.toml:2:8: key im.mode:"), "{msg}");
+        let msg = parse("[im]\nadmin_signatures = [\"md5\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("key im.admin_signatures[0]"), "{msg}");
+
+        let env_cfg = Config::from_str_with_env(
+            "",
+            "ember.toml",
+            env(&[
+                ("EMBER_IM__ADMIN_SECRET", "from-env"),
+                ("EMBER_IM__MODE", "production"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(env_cfg.im.admin_secret, "from-env");
+        assert_eq!(env_cfg.im.mode, ImMode::Production);
+    }
+
+    #[test]
+    fn im_backup_address_format() {
+        let ok = |s: &str| s.parse::<BackupAddress>().unwrap();
+        assert_eq!(ok("im.example.com:80:1883:8083").host, "im.example.com");
+        assert_eq!(
+            ok("im.example.com:80:1883:8083").to_string(),
+            "im.example.com:80:1883:8083"
+        );
+        for bad in [
+            "",
+            "host",
+            "host:80:1883",
+            ":80:1883:8083",
+            "host:0:1883:8083",
+            "host:80:1883:70000",
+            "host:80:x:8083",
+            "2001:db8::1:80:1883:8083",
+            "[2001:db8::1:80:1883:8083",
+            "[nope]:80:1883:8083",
+            "a b:80:1883:8083",
+            "http://h:80:1883:8083",
+        ] {
+            let err = bad.parse::<BackupAddress>().unwrap_err();
+            assert!(
+                err.contains("host:short_port:long_port:ws_port"),
+                "{bad}: {err}"
+            );
+        }
+        let msg = parse("[im]\nbackup_addresses = [\"h:1:2:3\", \"h:1:2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("ember.toml:2:32: key im.backup_addresses[1]:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn im_production_passes_when_complete() {
+        assert_eq!(im_prod().validate().unwrap(), Vec::<String>::new());
+        // Dev defaults (empty secrets) pass silently: the runtime makes per-run ones.
+        let mut dev = im_prod();
+        dev.im = ImConfig::default();
+        assert_eq!(dev.validate().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn im_production_refuses_weak_secrets() {
+        for (secret, why) in [
+            ("", "is empty"),
+            ("123456", "well-known default"),
+            ("TestIM", "well-known default"),
+            (
+                "replace-me-with-a-random-secret-of-32-chars",
+                "well-known default",
+            ),
+            ("short-but-random-9f8e7d", "shorter than 32"),
+        ] {
+            let mut cfg = im_prod();
+            cfg.im.admin_secret = secret.into();
+            let msg = cfg.validate().unwrap_err().to_string();
+            assert!(
+                msg.contains("key im.admin_secret:") && msg.contains(why),
+                "{secret}: {msg}"
+            );
+            let mut cfg = im_prod();
+            cfg.im.token_key = secret.into();
+            let msg = cfg.validate().unwrap_err().to_string();
+            assert!(
+                msg.contains("key im.token_key:") && msg.contains(why),
+                "{secret}: {msg}"
+            );
+        }
+        let mut cfg = im_prod();
+        cfg.im.token_key = cfg.im.admin_secret.clone();
+        assert_eq!(problem_keys(&cfg), ["im.token_key"]);
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("must differ"));
+        // Dev mode: the same values are only warnings (empty ones not even that).
+        cfg.im.mode = ImMode::Dev;
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.len() == 1 && w[0].starts_with("im.token_key: must differ"),
+            "{w:?}"
+        );
+        cfg.im.admin_secret = "testim".into();
+        cfg.im.token_key = String::new();
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.len() == 1 && w[0].contains("im.admin_secret: is a well-known default"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn im_no_check_time() {
+        let mut cfg = im_prod();
+        cfg.im.no_check_time = true;
+        assert_eq!(problem_keys(&cfg), ["im.no_check_time"]);
+        cfg.im.mode = ImMode::Dev;
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.len() == 1 && w[0].starts_with("im.no_check_time = true"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn im_server_host() {
+        let mut cfg = im_prod();
+        cfg.im.server_host = String::new();
+        assert_eq!(problem_keys(&cfg), ["im.server_host"]);
+        cfg.im.server_host = "https://im.example.com".into();
+        assert_eq!(problem_keys(&cfg), ["im.server_host"]);
+        cfg.im.server_host = "im.example.com:80".into();
+        assert_eq!(problem_keys(&cfg), ["im.server_host"]);
+        cfg.im.server_host = "203.0.113.7".into();
+        let w = cfg.validate().unwrap();
+        assert!(
+            w.len() == 1 && w[0].starts_with("im.server_host: 203.0.113.7 is an IP"),
+            "{w:?}"
+        );
+        cfg.im.server_host = "2001:db8::7".into();
+        assert_eq!(cfg.validate().unwrap().len(), 1);
+        // Dev: empty is fine (127.0.0.1), an IP is not worth a warning.
+        cfg.im.mode = ImMode::Dev;
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+        cfg.im.server_host = String::new();
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn im_tls_listeners_need_a_certificate_in_production() {
+        let mut cfg = im_prod();
+        cfg.im.mqtts_listen = vec!["0.0.0.0:8883".parse().unwrap()];
+        cfg.im.wss_listen = vec!["0.0.0.0:8084".parse().unwrap()];
+        assert_eq!(problem_keys(&cfg), ["im.mqtts_listen", "im.wss_listen"]);
+        cfg.tls.cert = "/etc/ember/fullchain.pem".into();
+        cfg.tls.key = "/etc/ember/privkey.pem".into();
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+        // Dev: the self-signed certificate is generated at start, like turn.tls_listen.
+        cfg.tls = TlsConfig::default();
+        cfg.im.mode = ImMode::Dev;
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn im_database() {
+        let mut cfg = im_prod();
+        for (db, ok) in [
+            ("ember-data/im.sqlite3", true),
+            ("/var/lib/ember/im.db", true),
+            ("", false),
+            ("postgres://ember@db/im", false),
+            ("postgresql://ember@db/im", false),
+            ("mysql://root@db/im", false),
+        ] {
+            cfg.im.database = db.into();
+            if ok {
+                assert!(cfg.validate().is_ok(), "{db}");
+            } else {
+                assert_eq!(problem_keys(&cfg), ["im.database"], "{db}");
+            }
+        }
+        cfg.im.database = "postgres://x/y".into();
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("not supported yet"), "{msg}");
+    }
+
+    #[test]
+    fn im_limits_and_listeners() {
+        let mut cfg = im_prod();
+        cfg.im.max_message_bytes = 0;
+        cfg.im.rate_limit_per_sec = 0;
+        cfg.im.rate_limit_burst = 0;
+        cfg.im.max_connections = 0;
+        cfg.im.keepalive_max_secs = 0;
+        cfg.im.admin_time_window_secs = 0;
+        cfg.im.token_ttl_secs = 0;
+        cfg.im.group_max_members = 0;
+        assert_eq!(
+            problem_keys(&cfg),
+            [
+                "im.max_message_bytes",
+                "im.rate_limit_per_sec",
+                "im.rate_limit_burst",
+                "im.max_connections",
+                "im.keepalive_max_secs",
+                "im.admin_time_window_secs",
+                "im.token_ttl_secs",
+                "im.group_max_members"
+            ]
+        );
+        let mut cfg = im_prod();
+        cfg.im.max_message_bytes = MAX_IM_MESSAGE_BYTES + 1;
+        cfg.im.send_queue_bytes = 2 * MAX_IM_MESSAGE_BYTES;
+        assert_eq!(problem_keys(&cfg), ["im.max_message_bytes"]);
+        cfg.im.max_message_bytes = 65_536;
+        cfg.im.send_queue_bytes = 65_536;
+        assert_eq!(problem_keys(&cfg), ["im.send_queue_bytes"]);
+
+        let mut cfg = im_prod();
+        cfg.im.admin_signatures.clear();
+        assert_eq!(problem_keys(&cfg), ["im.admin_signatures"]);
+        cfg.im.admin_listen.clear();
+        assert!(cfg.validate().is_ok());
+
+        let mut cfg = im_prod();
+        cfg.im.mqtt_listen.clear();
+        cfg.im.ws_listen.clear();
+        assert_eq!(problem_keys(&cfg), ["im.mqtt_listen"]);
+        cfg.im.enabled = false;
+        assert!(cfg.validate().is_ok());
+
+        let mut cfg = im_prod();
+        cfg.im.ws_listen = vec!["0.0.0.0:1883".parse().unwrap()];
+        assert_eq!(problem_keys(&cfg), ["im.ws_listen"]);
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("also in im.mqtt_listen"), "{msg}");
     }
 }

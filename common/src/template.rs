@@ -2,6 +2,7 @@
 //! its default value and a one-line explanation, and freshly generated secrets.
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -32,7 +33,10 @@ pub fn random_token(bytes: usize) -> String {
 }
 
 /// Renders the config template. Defaults come from [`Config::default`], so the file and
-/// the code cannot disagree; `turn.auth_secrets` gets a new random secret on every call.
+/// the code cannot disagree; `turn.auth_secrets`, `selftest.token`, the storage key and
+/// `im.admin_secret` / `im.token_key` get new random values on every call. The `[im]`
+/// listeners are the standard ports (80, 1883, 8883, 8083, 8084) where the built-in
+/// defaults use unprivileged ones (8080) and leave TLS off.
 pub fn render_config_template() -> String {
     let d = Config::default();
     let t = &d.turn;
@@ -183,6 +187,68 @@ secret_key = {up_sk}
 # Path-style requests (MinIO usually needs them).
 path_style = {up_path_style}
 
+[im]
+# Run the messaging core (MQTT long connections, short-link HTTP, admin API) under `ember up`.
+enabled = {im_enabled}
+# "dev" or "production". Production refuses to start with empty, short (< 32 characters),
+# equal or well-known secrets, with no_check_time = true, or without server_host.
+# e.g. mode = "production"
+mode = {im_mode}
+# Domain clients connect to (returned by POST /route); use a domain, not an IP, so the
+# server can move. Empty = 127.0.0.1 (dev only).
+# e.g. server_host = "im.example.com"
+server_host = {im_host}
+# Short-link HTTP listeners (/api/version, /route); 80 is the standard port (needs root or
+# CAP_NET_BIND_SERVICE). Open it to clients.
+http_listen = {im_http}
+# MQTT 3.1.1/5 over TCP listeners; open 1883 to clients.
+mqtt_listen = {im_mqtt}
+# MQTT over TLS listeners (8883), certificate from [tls]; [] disables.
+mqtts_listen = {im_mqtts}
+# MQTT over WebSocket listeners (web clients; any URL path, usually /mqtt); [] disables.
+ws_listen = {im_ws}
+# MQTT over secure WebSocket listeners (8084), certificate from [tls]; [] disables.
+wss_listen = {im_wss}
+# Signed admin API listeners; open the port to the app's back end only, never to clients.
+# e.g. admin_listen = ["10.0.0.5:18080"]
+admin_listen = {im_admin}
+# Secret of the admin API request signatures (share it with the app's back end only).
+admin_secret = "{im_admin_secret}"
+# Key that signs login tokens; stays on this server. Changing it logs every device out.
+token_key = "{im_token_key}"
+# Accept admin requests whatever their timestamp (debugging only; refused in production).
+no_check_time = {im_nct}
+# The database: a SQLite file (relative paths are relative to the working directory).
+# PostgreSQL ("postgres://...") is not supported yet.
+database = {im_db}
+# Other addresses of this node for clients, "host:short_port:long_port:ws_port" (e.g. an
+# access point forwarding its ports here). An IPv6 host goes in brackets.
+# e.g. backup_addresses = ["203.0.113.9:81:1881:8081"]
+backup_addresses = {im_backup}
+# Largest message body, bytes.
+max_message_bytes = {im_max_msg}
+# How long the sender may recall a message, seconds.
+recall_window_secs = {im_recall}
+# Bytes queued for one connection before it is dropped as a slow consumer (it resyncs).
+send_queue_bytes = {im_queue}
+# Requests per second and user (token bucket); over it the answer is code 429.
+rate_limit_per_sec = {im_rate}
+# Token bucket size per user: how many requests may come at once after a pause.
+rate_limit_burst = {im_burst}
+# Concurrent client connections; more are refused.
+max_connections = {im_maxconn}
+# Upper bound of a client's MQTT keep alive, seconds.
+keepalive_max_secs = {im_keepalive}
+# Largest clock difference accepted on signed admin requests, seconds.
+admin_time_window_secs = {im_window}
+# Admin signature schemes accepted: "hmac-sha256" (Ember's) and "wildfire-sha1" (Wildfire
+# IM's server API); drop "wildfire-sha1" once every back end signs with HMAC.
+admin_signatures = {im_sigs}
+# Default lifetime of login tokens issued by the admin API, seconds (30 days).
+token_ttl_secs = {im_ttl}
+# Largest group, members.
+group_max_members = {im_group_max}
+
 [log]
 # Log filter, e.g. "info" or "ember_turn=debug,info"; the RUST_LOG variable wins when set.
 level = {level}
@@ -236,9 +302,39 @@ format = {format}
         st_ttl = st.credential_ttl,
         st_user = string(&st.credential_user),
         st_urls = list(&st.turn_urls),
+        im_enabled = d.im.enabled,
+        im_mode = string(&d.im.mode),
+        im_host = string(&d.im.server_host),
+        im_http = list(&[addr("0.0.0.0:80")]),
+        im_mqtt = list(&[addr("0.0.0.0:1883")]),
+        im_mqtts = list(&[addr("0.0.0.0:8883")]),
+        im_ws = list(&[addr("0.0.0.0:8083")]),
+        im_wss = list(&[addr("0.0.0.0:8084")]),
+        im_admin = list(&d.im.admin_listen),
+        im_admin_secret = random_token(32),
+        im_token_key = random_token(32),
+        im_nct = d.im.no_check_time,
+        im_db = string(&d.im.database),
+        im_backup = list(&d.im.backup_addresses),
+        im_max_msg = d.im.max_message_bytes,
+        im_recall = d.im.recall_window_secs,
+        im_queue = d.im.send_queue_bytes,
+        im_rate = d.im.rate_limit_per_sec,
+        im_burst = d.im.rate_limit_burst,
+        im_maxconn = d.im.max_connections,
+        im_keepalive = d.im.keepalive_max_secs,
+        im_window = d.im.admin_time_window_secs,
+        im_sigs = list(&d.im.admin_signatures),
+        im_ttl = d.im.token_ttl_secs,
+        im_group_max = d.im.group_max_members,
         level = string(&d.log.level),
         format = string(&d.log.format),
     )
+}
+
+/// A socket address literal of the template.
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("valid template address")
 }
 
 /// A TOML string literal.
@@ -258,6 +354,7 @@ fn list<T: Display>(items: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ImConfig;
 
     fn parse(text: &str) -> Config {
         Config::from_str_with_env(text, "template", Vec::new()).unwrap()
@@ -276,6 +373,25 @@ mod tests {
         let (ak, sk) = cfg.storage.credentials.iter().next().unwrap();
         assert_eq!((ak.len(), sk.len()), (20, 40));
         cfg.storage.credentials.clear();
+        assert_eq!(
+            (cfg.im.admin_secret.len(), cfg.im.token_key.len()),
+            (43, 43)
+        );
+        assert_ne!(cfg.im.admin_secret, cfg.im.token_key);
+        assert!(ImConfig::secret_problem(&cfg.im.admin_secret).is_none());
+        cfg.im.admin_secret.clear();
+        cfg.im.token_key.clear();
+        let port = |l: &[SocketAddr]| l.iter().map(SocketAddr::port).collect::<Vec<_>>();
+        assert_eq!(port(&cfg.im.http_listen), [80]);
+        assert_eq!(port(&cfg.im.mqtt_listen), [1883]);
+        assert_eq!(port(&cfg.im.mqtts_listen), [8883]);
+        assert_eq!(port(&cfg.im.ws_listen), [8083]);
+        assert_eq!(port(&cfg.im.wss_listen), [8084]);
+        assert_eq!(port(&cfg.im.admin_listen), [18080]);
+        let d = ImConfig::default();
+        cfg.im.http_listen = d.http_listen;
+        cfg.im.mqtts_listen = d.mqtts_listen;
+        cfg.im.wss_listen = d.wss_listen;
         assert_eq!(cfg, Config::default());
         assert_eq!(parse(&text).validate().unwrap(), Vec::<String>::new());
     }
@@ -293,7 +409,7 @@ mod tests {
         }
         // Every field the types know (serde lists them for an unknown key) is in the file.
         let doc: toml::Table = text.parse().unwrap();
-        for section in ["turn", "tls", "metrics", "selftest", "storage", "log"] {
+        for section in ["turn", "tls", "metrics", "selftest", "storage", "im", "log"] {
             let probe = format!("[{section}]\nno_such_key = 1\n");
             let err = Config::from_str_with_env(&probe, "probe", Vec::new()).unwrap_err();
             let msg = err.to_string();
@@ -327,5 +443,21 @@ mod tests {
         let a = parse(&render_config_template()).turn.auth_secrets;
         let b = parse(&render_config_template()).turn.auth_secrets;
         assert_ne!(a, b);
+        let a = parse(&render_config_template()).im;
+        let b = parse(&render_config_template()).im;
+        assert_ne!(a.admin_secret, b.admin_secret);
+        assert_ne!(a.token_key, b.token_key);
+    }
+
+    #[test]
+    fn template_in_production_mode_needs_only_the_host() {
+        let text = render_config_template().replace("mode = \"dev\"", "mode = \"production\"");
+        let mut cfg = parse(&text);
+        cfg.tls.cert = "/etc/ember/fullchain.pem".into();
+        cfg.tls.key = "/etc/ember/privkey.pem".into();
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("key im.server_host: must be set"), "{msg}");
+        cfg.im.server_host = "im.example.com".into();
+        assert_eq!(cfg.validate().unwrap(), Vec::<String>::new());
     }
 }

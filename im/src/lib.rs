@@ -10,6 +10,7 @@
 //! - [`http`]: the short-link HTTP API (`/api/version`, `/route`).
 //! - [`server`]: the tokio shell: TCP / TLS / WebSocket listeners and connection tasks.
 //! - [`metrics`]: Prometheus metrics of the messaging core.
+//! - [`service`]: assembles all of the above from `[im]` for `ember im` / `ember up`.
 
 pub mod admin;
 pub mod engine;
@@ -19,5 +20,6 @@ pub mod mqtt;
 pub mod proto;
 pub mod router;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod token;

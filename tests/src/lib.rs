@@ -4,6 +4,7 @@
 //! # Structure
 //! - [`process`]: locating (or building) the `ember` binary, writing a config into a temp
 //!   dir, starting `ember turn`, reading its `ember: listening ...` lines, stopping it.
+//! - [`im`]: the messaging core's admin API client (signed requests) and test secrets.
 //! - [`metrics`]: scraping and parsing its Prometheus `/metrics` endpoint, with bounded polls.
 //! - [`coturn`]: coturn's `turnutils_uclient` / `turnutils_peer`, uclient's summary output,
 //!   and `turnserver` itself as a reference server ([`coturn::CoturnServer`]).
@@ -15,6 +16,7 @@
 //! Every wait in here is bounded; nothing uses a fixed port.
 
 pub mod coturn;
+pub mod im;
 pub mod metrics;
 pub mod process;
 pub mod stun_client;

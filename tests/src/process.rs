@@ -305,6 +305,34 @@ impl Ember {
         )
     }
 
+    /// Starts `ember im` with `im_toml` appended to the `[im]` table (listeners on
+    /// ephemeral loopback ports, fresh secrets, the database in the temp dir) and waits until
+    /// it is ready. The secrets are in the returned [`crate::im::ImSecrets`].
+    pub fn start_im(im_toml: &str) -> (Ember, crate::im::ImSecrets) {
+        let dir = tempfile::Builder::new()
+            .prefix("ember-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let secrets = crate::im::ImSecrets::generate();
+        let config = dir.path().join("ember.toml");
+        let text = format!(
+            "[im]\nmqtt_listen = [\"127.0.0.1:0\"]\nws_listen = [\"127.0.0.1:0\"]\n\
+             http_listen = [\"127.0.0.1:0\"]\nadmin_listen = [\"127.0.0.1:0\"]\n\
+             admin_secret = {}\ntoken_key = {}\ndatabase = {}\n{im_toml}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+            q(&secrets.admin_secret),
+            q(&secrets.token_key),
+            q(&dir.path().join("im.sqlite3").display().to_string())
+        );
+        fs::write(&config, text).expect("write config");
+        let ember = Ember::spawn(
+            dir,
+            None,
+            &["im".as_ref(), "--config".as_ref(), config.as_os_str()],
+        );
+        (ember, secrets)
+    }
+
     /// SIGKILLs the process (no cleanup, as in a crash) and starts it again with the same
     /// arguments, config and data; waits until it is ready.
     pub fn kill9_and_restart(self, args: &[&str]) -> Ember {
