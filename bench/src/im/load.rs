@@ -45,6 +45,8 @@ struct Msg {
     /// Pairs: the receiver's connection index.
     dest: u32,
     got: u32,
+    /// Ember answered the request with an error.
+    rejected: bool,
 }
 
 struct Tracker {
@@ -95,6 +97,14 @@ impl Handler for Tracker {
         if topic.ends_with(b"/rs") {
             self.responses += 1;
             if !payload.windows(8).any(|w| w == b"\"code\":0") {
+                // A refused request (busy, rate limited, ...) is never delivered: not missing.
+                let id = str_after(payload, b"\"id\":\"").and_then(|v| v.parse::<u64>().ok());
+                if let Some(m) = id
+                    .and_then(|n| n.checked_sub(self.base))
+                    .and_then(|i| self.msgs.get_mut(i as usize))
+                {
+                    m.rejected = true;
+                }
                 let e = str_after(payload, b"\"error\":\"").unwrap_or_else(|| {
                     String::from_utf8_lossy(&payload[..payload.len().min(60)]).into_owned()
                 });
@@ -294,6 +304,7 @@ pub fn run_step(
                         sender: sender as u32,
                         dest: dest as u32,
                         got: 0,
+                        rejected: false,
                     });
                     if t >= w0 {
                         sent_win += 1;
@@ -347,7 +358,12 @@ pub fn run_step(
 
     let mut missing = 0u64;
     let mut dups = 0u64;
+    let mut rejected = 0u64;
     for m in tr.msgs.iter().filter(|m| m.t >= w0 && m.t < w1) {
+        if m.rejected {
+            rejected += 1;
+            continue;
+        }
         missing += expected_per_msg.saturating_sub(m.got) as u64;
         dups += m.got.saturating_sub(expected_per_msg) as u64;
     }
@@ -394,6 +410,7 @@ pub fn run_step(
         delivered_per_s: tr.delivered_win as f64 / win_s,
         receivers_per_msg: expected_per_msg,
         missing,
+        rejected,
         duplicates: dups,
         unacked: unacked_total,
         self_deliveries: tr.self_deliveries,

@@ -321,6 +321,7 @@ fn settle(f: &mut Fleet, secs: f64) -> Result<()> {
 fn pair_ok(r: &LoadRow) -> bool {
     r.p99_ms.is_some_and(|p| p < 50.0)
         && r.missing == 0
+        && r.rejected == 0
         && !r.gen_limited
         && r.delivered_per_s >= 0.97 * r.offered_per_s
 }

@@ -23,6 +23,8 @@ pub struct LoadRow {
     pub receivers_per_msg: u32,
     /// Deliveries of window messages that never arrived (after the drain).
     pub missing: u64,
+    /// Window messages the server refused (error response; Ember only), not in `missing`.
+    pub rejected: u64,
     pub duplicates: u64,
     /// Messages (whole step) without PUBACK at the end.
     pub unacked: u64,
@@ -131,7 +133,7 @@ const LOAD_HDR: [(&str, usize); 16] = [
 fn verdict(r: &LoadRow) -> String {
     let limit = if r.scenario == "group" { 250.0 } else { 50.0 };
     let on_rate = r.delivered_per_s >= 0.97 * r.offered_per_s * r.receivers_per_msg as f64;
-    let ok = r.p99_ms.is_some_and(|p| p < limit) && r.missing == 0 && on_rate;
+    let ok = r.p99_ms.is_some_and(|p| p < limit) && r.missing == 0 && r.rejected == 0 && on_rate;
     format!(
         "p99<{limit:.0}ms+all delivered: {}",
         if ok { "ok" } else { "FAIL" }
@@ -143,6 +145,12 @@ pub fn load_line(r: &LoadRow) -> String {
     let mut note = Vec::new();
     if r.server == "ember" {
         note.push(verdict(r));
+    }
+    if r.rejected > 0 {
+        note.push(format!("{} window msgs refused", r.rejected));
+    }
+    if r.p99_ms.is_none() && r.sent > 0 {
+        note.push("collapsed: no window message delivered by the end of the drain".into());
     }
     if r.gen_limited {
         note.push("generator-limited".to_string());
