@@ -242,6 +242,7 @@ pub fn run_step(
     let max_lag = (spec.rate * 0.05).max(10.0) as u64;
     let mut s_start = None;
     let mut s_end = None;
+    let (mut th_start, mut th_end) = Default::default();
     let (mut g_start, mut g_end) = (0.0, 0.0);
     let mut last_print = t0;
     let (mut p_sent, mut p_acked, mut p_deliv) = (0u64, 0u64, 0u64);
@@ -255,6 +256,7 @@ pub fn run_step(
         let now = now_ns();
         if s_start.is_none() && now >= w0 {
             s_start = broker.sample();
+            th_start = sys::thread_cpu(broker.pid);
             g_start = sys::self_cpu_s();
         }
         if now < w1 {
@@ -317,6 +319,7 @@ pub fn run_step(
         } else {
             if s_end.is_none() {
                 s_end = broker.sample();
+                th_end = sys::thread_cpu(broker.pid);
                 g_end = sys::self_cpu_s();
             }
             let outstanding = tr.msgs.len() as u64 * expected_per_msg as u64 > tr.delivered_total
@@ -398,6 +401,7 @@ pub fn run_step(
         errs.push(format!("{} unparsable deliveries", tr.bad_payload));
     }
     let row = LoadRow {
+        server_threads: busiest_threads(&th_start, &th_end, win_s),
         server: kind.name().into(),
         version: broker.version.clone(),
         scenario: spec.scenario,
@@ -436,6 +440,24 @@ pub fn run_step(
     };
     Ok(row)
 }
+
+/// Server threads that used >= 2 % of a core over the window, busiest first: "name 45%, ...".
+fn busiest_threads(a: &ThreadCpu, b: &ThreadCpu, win_s: f64) -> String {
+    let mut by_name: BTreeMap<&str, f64> = BTreeMap::new();
+    for (tid, (name, cpu)) in b {
+        let before = a.get(tid).map_or(0.0, |x| x.1);
+        *by_name.entry(name.as_str()).or_insert(0.0) += (cpu - before) / win_s * 100.0;
+    }
+    let mut v: Vec<(&str, f64)> = by_name.into_iter().filter(|x| x.1 >= 2.0).collect();
+    v.sort_by(|x, y| y.1.total_cmp(&x.1));
+    v.iter()
+        .take(6)
+        .map(|(n, p)| format!("{n} {p:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+type ThreadCpu = std::collections::HashMap<u32, (String, f64)>;
 
 #[cfg(test)]
 mod tests {

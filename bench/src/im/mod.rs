@@ -354,7 +354,11 @@ fn run_pair(a: &ImArgs, k: Kind) -> Result<Vec<LoadRow>> {
         };
         f.ping_all();
         let r = load::run_step(&mut f, &mut b, &spec, &mut n)?;
-        eprintln!("{}", report::load_line(&r));
+        eprintln!(
+            "{}\n  server threads: {}",
+            report::load_line(&r),
+            r.server_threads
+        );
         let ok = pair_ok(&r);
         rows.push(r);
         if a.find_max && !ok {
@@ -390,7 +394,11 @@ fn run_group(a: &ImArgs, k: Kind) -> Result<LoadRow> {
         drain_s: a.drain,
     };
     let r = load::run_step(&mut f, &mut b, &spec, &mut 0)?;
-    eprintln!("{}", report::load_line(&r));
+    eprintln!(
+        "{}\n  server threads: {}",
+        report::load_line(&r),
+        r.server_threads
+    );
     Ok(r)
 }
 

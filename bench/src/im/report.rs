@@ -50,6 +50,8 @@ pub struct LoadRow {
     pub server_us_per_delivery: Option<f64>,
     pub server_rss_mb: Option<f64>,
     pub server_peak_rss_mb: Option<f64>,
+    /// Busiest server threads over the window (by thread name, % of one core).
+    pub server_threads: String,
     /// Generator CPU over the window, cores.
     pub gen_cores: f64,
     pub errors: String,
