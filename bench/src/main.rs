@@ -5,7 +5,9 @@
 //!   Ember vs coturn (see `bench/README.md`).
 //! - `storage`: S3 PUT/GET of small and large objects, Ember vs s3s-fs, plus a file-copy
 //!   baseline.
+//! - `im`: MQTT messaging (single chat, group, idle connections), Ember vs mosquitto.
 
+mod im;
 mod storage;
 mod turn;
 
@@ -24,6 +26,8 @@ enum Cmd {
     Turn(Box<turn::TurnArgs>),
     /// Object store load: small-object ops/s and latency, large-object MB/s, RSS (Ember vs s3s-fs).
     Storage(Box<storage::StorageArgs>),
+    /// MQTT messaging load: msg/s, end-to-end latency, server CPU and RSS (Ember vs mosquitto).
+    Im(Box<im::ImArgs>),
 }
 
 fn main() {
@@ -31,6 +35,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Turn(a) => turn::run(*a),
         Cmd::Storage(a) => storage::run(*a),
+        Cmd::Im(a) => im::run(*a),
     };
     if let Err(e) = r {
         eprintln!("ember-bench: {e:#}");

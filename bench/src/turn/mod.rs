@@ -16,7 +16,7 @@ mod client;
 mod load;
 mod report;
 mod server;
-mod sys;
+pub(crate) mod sys;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
