@@ -33,6 +33,8 @@ pub struct ImMetrics {
     pub protocol_errors: IntCounter,
     /// `ember_im_store_commit_seconds`: one group commit (transaction + fsync).
     pub store_commit_seconds: Histogram,
+    /// `ember_im_store_maintain_seconds`: work between commits (a timeline index slice).
+    pub store_maintain_seconds: Histogram,
     /// `ember_im_store_batch_commands`: commands per group commit.
     pub store_batch_commands: Histogram,
     /// `ember_im_store_queue_depth`: commands waiting for the writer after the last commit.
@@ -125,6 +127,16 @@ impl ImMetrics {
                     HistogramOpts::new(
                         "ember_im_store_commit_seconds",
                         "One group commit of the message store (transaction and fsync)",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            store_maintain_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ember_im_store_maintain_seconds",
+                        "Store work between two commits (writing a slice of the timeline index)",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 )?,

@@ -89,6 +89,10 @@ pub struct ImArgs {
     /// Ember binary [default: $CARGO_TARGET_DIR/release/ember, else next to ember-bench].
     #[arg(long)]
     pub ember_bin: Option<PathBuf>,
+    /// Where Ember serves its Prometheus metrics during the run (scrape it for the store's
+    /// commit latency and batch sizes); default an ephemeral port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub ember_metrics: std::net::SocketAddr,
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub mosquitto_bin: PathBuf,
     /// Also print every row as JSON on stdout.
@@ -216,7 +220,10 @@ pub fn run(a: ImArgs) -> Result<()> {
 
 fn start(a: &ImArgs, k: Kind) -> Result<Broker> {
     match k {
-        Kind::Ember => Broker::start_ember(&a.ember_bin.clone().unwrap_or_else(default_ember_bin)),
+        Kind::Ember => Broker::start_ember(
+            &a.ember_bin.clone().unwrap_or_else(default_ember_bin),
+            a.ember_metrics,
+        ),
         Kind::Mosquitto => Broker::start_mosquitto(&a.mosquitto_bin),
     }
 }

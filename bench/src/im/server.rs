@@ -122,7 +122,7 @@ impl Broker {
 
     /// Starts `ember im --config <tmp>/ember.toml` and waits for `ember: ready` (or, if the
     /// server prints nothing recognisable, for its MQTT and admin ports to accept).
-    pub fn start_ember(bin: &Path) -> Result<Broker> {
+    pub fn start_ember(bin: &Path, metrics: std::net::SocketAddr) -> Result<Broker> {
         if !bin.exists() {
             bail!(
                 "Ember binary {} not found: `cargo build --release -p ember` (same \
@@ -144,7 +144,7 @@ impl Broker {
              token_key = \"{token_key}\"\ndatabase = {db:?}\nrate_limit_per_sec = 1000000\n\
              rate_limit_burst = 1000000\nmax_connections = 100000\n\n\
              [turn]\nenabled = false\n\n[storage]\nenabled = false\n\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\n[selftest]\nenabled = false\n",
+             [metrics]\nlisten = \"{metrics}\"\n\n[selftest]\nenabled = false\n",
             db = db.display().to_string()
         );
         let cfg_path = tmp.path().join("ember.toml");

@@ -196,7 +196,12 @@ impl Writer {
                 }
                 d.finish(fail.as_ref());
             }
+            let started = std::time::Instant::now();
             self.store.maintain();
+            if let Some(m) = &self.metrics {
+                m.store_maintain_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             if stop {
                 break;
             }

@@ -65,7 +65,7 @@ const TL_USER: i64 = 0;
 const TL_GROUP: i64 = 1;
 const TL_PAIR: i64 = 2;
 /// Most index rows per flush transaction.
-const FLUSH_SLICE: usize = 20_000;
+const FLUSH_SLICE: usize = 4_000;
 
 /// Where timeline index rows are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,11 +241,70 @@ fn json_of(s: Option<String>) -> Option<serde_json::Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// Checkpoints the WAL into the database file once a second on its own connection and
+/// thread (`im-checkpoint`): a PASSIVE checkpoint runs beside the writer instead of inside
+/// its loop, where copying and fsyncing the pages stalled every commit behind it (p99 of
+/// 1:1 delivery 156 ms at 5,000 msg/s with it in the writer).
+struct Checkpointer {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")?;
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("im-checkpoint".into())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    let (g, _) = cv
+                        .wait_timeout(stopped, std::time::Duration::from_secs(1))
+                        .unwrap_or_else(|e| e.into_inner());
+                    stopped = g;
+                    if *stopped {
+                        break;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| {
+                // The OS refused a thread: the WAL then grows until the TRUNCATE checkpoint
+                // at shutdown; everything else keeps working.
+                tracing::error!(error = %e, "cannot start the WAL checkpoint thread");
+            })
+            .ok();
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<std::path::PathBuf>,
-    last_checkpoint: Instant,
+    checkpointer: Option<Checkpointer>,
     mode: IndexMode,
     tail: Arc<RwLock<Tail>>,
     flushing: Option<Flushing>,
@@ -276,10 +335,11 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;")?;
         conn.execute_batch(SCHEMA)?;
+        let checkpointer = path.map(Checkpointer::start).transpose()?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.map(Path::to_path_buf),
-            last_checkpoint: Instant::now(),
+            checkpointer,
             mode,
             tail: Arc::default(),
             flushing: None,
@@ -624,17 +684,12 @@ impl Store for SqliteStore {
                 tracing::error!(error = %e, "index flush failed; retrying after the next batch");
             }
         }
-        if self.path.is_none() || self.last_checkpoint.elapsed().as_millis() < 1000 {
-            return;
-        }
-        self.last_checkpoint = Instant::now();
-        let conn = self.conn.lock();
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
     }
 
     fn close(&mut self) {
+        if let Some(mut c) = self.checkpointer.take() {
+            c.stop();
+        }
         if let Err(e) = self.flush_index() {
             tracing::error!(error = %e, "final index flush failed");
         }
