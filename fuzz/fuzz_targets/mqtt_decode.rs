@@ -130,28 +130,27 @@ fn round_trip(version: Version, p: &Packet<'_>) {
                 assert_eq!(q.props.correlation_data, corr);
             }
         }
-        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-            for kind in [
-                AckKind::PubAck,
-                AckKind::PubRec,
-                AckKind::PubRel,
-                AckKind::PubComp,
-            ] {
-                let mut out = Vec::new();
-                write_ack(&mut out, version, kind, a.packet_id, a.reason);
-                let back = match decode(&out, version) {
-                    Ok(
-                        Packet::PubAck(b)
-                        | Packet::PubRec(b)
-                        | Packet::PubRel(b)
-                        | Packet::PubComp(b),
-                    ) => b,
-                    other => panic!("re-encoded ack: {other:?}"),
-                };
-                assert_eq!(back.packet_id, a.packet_id);
-                if version == Version::V5 {
-                    assert_eq!(back.reason, a.reason);
-                }
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+            // Reason codes are valid per acknowledgement type (MQTT-3.4.2-1 ..), so each
+            // is re-encoded as its own type only.
+            let (kind, a) = match p {
+                Packet::PubAck(a) => (AckKind::PubAck, a),
+                Packet::PubRec(a) => (AckKind::PubRec, a),
+                Packet::PubRel(a) => (AckKind::PubRel, a),
+                Packet::PubComp(a) => (AckKind::PubComp, a),
+                _ => unreachable!(),
+            };
+            let mut out = Vec::new();
+            write_ack(&mut out, version, kind, a.packet_id, a.reason);
+            let back = match decode(&out, version) {
+                Ok(
+                    Packet::PubAck(b) | Packet::PubRec(b) | Packet::PubRel(b) | Packet::PubComp(b),
+                ) => b,
+                other => panic!("re-encoded ack: {other:?}"),
+            };
+            assert_eq!(back.packet_id, a.packet_id);
+            if version == Version::V5 {
+                assert_eq!(back.reason, a.reason);
             }
         }
         Packet::Subscribe(s) => {
