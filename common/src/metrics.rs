@@ -41,6 +41,19 @@ pub fn registry() -> &'static Registry {
     })
 }
 
+/// Registers `c` in `r` and returns it; a metric already registered under the same name
+/// (a second instance of a service in one process, as tests do) is not an error, the new
+/// handle then simply counts unexported.
+pub fn register<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
+    match r.register(Box::new(c.clone())) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(c),
+        Err(e) => Err(e),
+    }
+}
+
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -3,6 +3,7 @@
 //! slow-consumer disconnects, request latency (which includes the store's commit), and the
 //! store's group commits (latency, batch size, queue depth).
 
+use ember_common::metrics::register as reg;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -39,16 +40,6 @@ pub struct ImMetrics {
     pub store_batch_commands: Histogram,
     /// `ember_im_store_queue_depth`: commands waiting for the writer after the last commit.
     pub store_queue_depth: IntGauge,
-}
-
-fn reg<T: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: T,
-) -> prometheus::Result<T> {
-    match r.register(Box::new(c.clone())) {
-        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(c),
-        Err(e) => Err(e),
-    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[

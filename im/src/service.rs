@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use ember_common::config::{ImConfig, ImMode};
 use ember_common::http::{BindError, HttpServer};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -51,11 +50,7 @@ pub enum StartError {
 }
 
 fn random_secret() -> String {
-    rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect()
+    ember_common::template::random_token(30)
 }
 
 /// Starts every part of the messaging core. `tls` is the suite's certificate, needed when

@@ -11,69 +11,16 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::mqtt::{self, Packet};
-use crate::turn::sys::now_ns;
+use crate::turn::sys::{now_ns, Epoll};
 
 /// Token of the pacing timer in the epoll set (connections use their index).
 pub const TIMER_TOKEN: u64 = u64::MAX;
-
-/// `epoll` with event flags (level-triggered).
-pub struct Poller {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    pub fn new() -> Result<Self> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("epoll_create1");
-        }
-        Ok(Poller {
-            // SAFETY: a fresh descriptor we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
-        })
-    }
-
-    pub fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: ev lives across the call.
-        if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) } != 0 {
-            return Err(io::Error::last_os_error()).context("epoll_ctl");
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout_ms`; fills `out` with (token, flags).
-    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<(u64, u32)>) -> Result<()> {
-        out.clear();
-        // SAFETY: the buffer has `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                timeout_ms,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
-            }
-            return Err(e).context("epoll_wait");
-        }
-        out.extend(self.events[..n as usize].iter().map(|e| (e.u64, e.events)));
-        Ok(())
-    }
-}
 
 const IN: u32 = libc::EPOLLIN as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
@@ -146,7 +93,7 @@ impl OpenStats {
 }
 
 pub struct Fleet {
-    pub poll: Poller,
+    pub poll: Epoll,
     pub conns: Vec<Conn>,
     specs: Vec<ConnSpec>,
     server: SocketAddr,
@@ -181,7 +128,7 @@ impl Fleet {
             })
             .collect();
         Ok(Fleet {
-            poll: Poller::new()?,
+            poll: Epoll::new(1024)?,
             conns,
             specs,
             server,
@@ -411,7 +358,7 @@ impl Fleet {
     /// pacing timer fired.
     pub fn pump(&mut self, h: &mut dyn Handler, timeout_ms: i32) -> Result<bool> {
         let mut events = std::mem::take(&mut self.events);
-        self.poll.wait(timeout_ms, &mut events)?;
+        self.poll.wait_flags(timeout_ms, &mut events)?;
         let now = now_ns();
         let mut timer = false;
         for &(tok, ev) in &events {

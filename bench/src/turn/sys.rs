@@ -149,9 +149,18 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits up to `timeout_ms` (-1: forever); returns the ready tokens via `out`.
-    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<u64>) -> Result<()> {
-        out.clear();
+    /// `epoll_ctl` with explicit event flags (`EPOLL_CTL_ADD`/`MOD`/`DEL`).
+    pub fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: ev lives across the call.
+        if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error()).context("epoll_ctl");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever); the ready events, empty when interrupted.
+    fn ready(&mut self, timeout_ms: i32) -> Result<&[libc::epoll_event]> {
         // SAFETY: the events buffer has `len` entries.
         let n = unsafe {
             libc::epoll_wait(
@@ -164,11 +173,24 @@ impl Epoll {
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
+                return Ok(&[]);
             }
             return Err(e).context("epoll_wait");
         }
-        out.extend(self.events[..n as usize].iter().map(|e| e.u64));
+        Ok(&self.events[..n as usize])
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever); returns the ready tokens via `out`.
+    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<u64>) -> Result<()> {
+        out.clear();
+        out.extend(self.ready(timeout_ms)?.iter().map(|e| e.u64));
+        Ok(())
+    }
+
+    /// Like [`Epoll::wait`], with each token's event flags.
+    pub fn wait_flags(&mut self, timeout_ms: i32, out: &mut Vec<(u64, u32)>) -> Result<()> {
+        out.clear();
+        out.extend(self.ready(timeout_ms)?.iter().map(|e| (e.u64, e.events)));
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The relay's Prometheus metrics. Workers count in plain integers on the data path and add
 //! their deltas here once a second, so no atomic is touched per packet.
 
+use ember_common::metrics::register as reg;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::core::{Gauges, Stats, Transport};
@@ -31,16 +32,6 @@ pub struct TurnMetrics {
     permissions: IntGauge,
     channels: IntGauge,
     connections: IntGaugeVec,
-}
-
-fn reg<T: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: T,
-) -> prometheus::Result<T> {
-    match r.register(Box::new(c.clone())) {
-        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(c),
-        Err(e) => Err(e),
-    }
 }
 
 impl TurnMetrics {
