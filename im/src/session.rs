@@ -98,8 +98,10 @@ pub enum SessionEvent {
         method: Method,
         payload: Bytes,
     },
-    /// The client's first granted subscription: events may be pushed from now on.
+    /// A granted subscription now covers `u/<uid>/<device>/ev`: events may be pushed.
     Subscribed,
+    /// An UNSUBSCRIBE left no filter covering `u/<uid>/<device>/ev`: stop pushing events.
+    Unsubscribed,
     /// The client sent DISCONNECT; close after writing what is pending.
     Disconnected,
 }
@@ -563,6 +565,7 @@ impl Session {
                 if !self.sealed {
                     mqtt::write_unsuback(&mut self.out, self.version, u.packet_id, &codes);
                 }
+                self.update_subscribed();
                 Ok(())
             }
             Packet::PingReq => {
@@ -776,7 +779,6 @@ impl Session {
             reason::v3::SUBACK_FAILURE
         };
         let mut codes: SmallVec<[u8; 4]> = SmallVec::new();
-        let mut granted = false;
         for (f, opts) in s.filters() {
             let code = if !mqtt::valid_filter(f) {
                 if v5 {
@@ -800,17 +802,46 @@ impl Session {
                 self.filters.push(Box::from(f));
                 opts.qos.min(1)
             };
-            granted |= code < 0x80;
             codes.push(code);
         }
         if !self.sealed {
             mqtt::write_suback(&mut self.out, self.version, s.packet_id, &codes);
         }
-        if granted && !self.subscribed {
-            self.subscribed = true;
-            self.events.push_back(SessionEvent::Subscribed);
-        }
+        self.update_subscribed();
         Ok(())
+    }
+
+    /// Emits `Subscribed` / `Unsubscribed` when whether some filter covers the event topic
+    /// changes: the server publishes events only on a subscribed topic (MQTT-3.3.2: a
+    /// PUBLISH goes to matching subscriptions).
+    fn update_subscribed(&mut self) {
+        let now = self
+            .filters
+            .iter()
+            .any(|f| topic_matches(f, &self.ev_topic));
+        if now != self.subscribed {
+            self.subscribed = now;
+            self.events.push_back(if now {
+                SessionEvent::Subscribed
+            } else {
+                SessionEvent::Unsubscribed
+            });
+        }
+    }
+}
+
+/// Whether topic filter `filter` (with `+` and `#` wildcards) matches topic name `topic`.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -1337,6 +1368,27 @@ mod tests {
         let mut want = Vec::new();
         mqtt::write_suback(&mut want, V5, 10, &[0x9E]);
         assert_eq!(t.out(), want);
+    }
+
+    #[test]
+    fn events_follow_subscriptions_covering_the_event_topic() {
+        assert!(topic_matches("u/alice/phone/#", "u/alice/phone/ev"));
+        assert!(topic_matches("u/alice/+/ev", "u/alice/phone/ev"));
+        assert!(topic_matches("u/alice/#", "u/alice/phone/ev"));
+        assert!(!topic_matches("u/alice/phone/rs", "u/alice/phone/ev"));
+        assert!(!topic_matches("u/alice/other/#", "u/alice/phone/ev"));
+        assert!(!topic_matches("u/alice/phone", "u/alice/phone/ev"));
+        let mut t = T::connected(V5, 10);
+        // Granted, but not covering this device's events: nothing is pushed yet.
+        t.feed(&subscribe(V5, 1, &[("u/alice/phone/rs", 1)]))
+            .unwrap();
+        assert!(t.events().is_empty());
+        t.feed(&subscribe(V5, 2, &[("u/alice/+/ev", 0)])).unwrap();
+        assert!(matches!(t.events()[..], [SessionEvent::Subscribed]));
+        let mut body = vec![0, 3, 0];
+        write_bytes(&mut body, b"u/alice/+/ev");
+        t.feed(&frame(0xA2, &body)).unwrap();
+        assert!(matches!(t.events()[..], [SessionEvent::Unsubscribed]));
     }
 
     #[test]

@@ -359,7 +359,8 @@ impl Conn {
                         }
                     }
                 }
-                SessionEvent::Subscribed => self.outbox.set_subscribed(),
+                SessionEvent::Subscribed => self.outbox.set_subscribed(true),
+                SessionEvent::Unsubscribed => self.outbox.set_subscribed(false),
                 SessionEvent::Disconnected => self.closing = true,
             }
         }

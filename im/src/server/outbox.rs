@@ -60,9 +60,17 @@ impl Outbox {
         }
     }
 
-    /// Starts accepting events.
-    pub fn set_subscribed(&self) {
-        self.inner.lock().subscribed = true;
+    /// Starts (true) or stops (false) accepting events; stopping drops queued ones.
+    pub fn set_subscribed(&self, on: bool) {
+        let mut g = self.inner.lock();
+        g.subscribed = on;
+        if !on {
+            let before = g.items.len();
+            g.items.retain(|i| matches!(i, Item::Response(..)));
+            if g.items.len() != before {
+                g.bytes = 0;
+            }
+        }
     }
 
     /// Queues a response. Responses are never dropped and do not count towards the event
@@ -140,7 +148,7 @@ mod tests {
         let ev = Bytes::from(vec![b'x'; 40]);
         let now = Instant::now();
         assert_eq!(o.push_event(&ev, now), Pushed::Ignored);
-        o.set_subscribed();
+        o.set_subscribed(true);
         assert_eq!(o.push_event(&ev, now), Pushed::Queued);
         assert_eq!(o.push_event(&ev, now), Pushed::Queued);
         assert_eq!(o.push_event(&ev, now), Pushed::Overflow);
@@ -153,7 +161,7 @@ mod tests {
     #[test]
     fn responses_do_not_count_against_events() {
         let o = Outbox::new(100);
-        o.set_subscribed();
+        o.set_subscribed(true);
         o.push_response(Ticket(1), vec![b'r'; 1000]);
         let ev = Bytes::from(vec![b'x'; 60]);
         assert_eq!(o.push_event(&ev, Instant::now()), Pushed::Queued);
@@ -165,7 +173,7 @@ mod tests {
     #[test]
     fn drain_resets_the_byte_count() {
         let o = Outbox::new(100);
-        o.set_subscribed();
+        o.set_subscribed(true);
         let ev = Bytes::from(vec![b'x'; 60]);
         let mut q = VecDeque::new();
         for _ in 0..10 {
