@@ -7,6 +7,7 @@
 //!   baseline.
 //! - `im`: MQTT messaging (single chat, group, idle connections), Ember vs mosquitto.
 
+mod ember;
 mod im;
 mod storage;
 mod turn;

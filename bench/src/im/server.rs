@@ -3,11 +3,10 @@
 //! plus Ember's signed admin API (a small blocking HTTP/1.1 client) and token minting with the
 //! `token_key` written into the generated config.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -150,33 +149,7 @@ impl Broker {
         let cfg_path = tmp.path().join("ember.toml");
         std::fs::write(&cfg_path, cfg)?;
         let log = tmp.path().join("ember.log");
-        let mut cmd = Command::new(bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("EMBER_") {
-                cmd.env_remove(&k);
-            }
-        }
-        let mut child = cmd
-            .arg("im")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("ember stdout")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::Builder::new()
-            .name("ember-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    // Keep draining even when nobody listens any more.
-                    let _ = tx.send(line);
-                }
-            })?;
+        let (child, rx) = crate::ember::spawn(bin, "im", &cfg_path, &log)?;
         let mut b = Broker {
             kind: Kind::Ember,
             mqtt: SocketAddr::from(([127, 0, 0, 1], mq)),

@@ -4,7 +4,7 @@
 
 mod client;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -216,31 +216,8 @@ fn start_ember(bin: &Path, dir: &Path) -> Result<Server> {
     let cfg_path = tmp.path().join("ember.toml");
     std::fs::write(&cfg_path, cfg)?;
     let log = tmp.path().join("ember.log");
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("EMBER_") {
-            cmd.env_remove(&k);
-        }
-    }
-    let mut child = cmd
-        .arg("storage")
-        .arg("--config")
-        .arg(&cfg_path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let (child, rx) = crate::ember::spawn(bin, "storage", &cfg_path, &log)?;
     let pid = child.id();
-    let stdout = child.stdout.take().context("ember stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
     let mut srv = Server {
         kind: Kind::Ember,
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

@@ -4,7 +4,6 @@
 //! logs, pid file, coturn's user db) and a listen port checked free first: coturn binds with
 //! `SO_REUSEPORT`, so a second server on a busy port would silently share its traffic.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -121,38 +120,8 @@ impl Server {
         let cfg_path = tmp.path().join("ember.toml");
         std::fs::write(&cfg_path, &cfg)?;
         let log = tmp.path().join("ember.log");
-        let mut cmd = Command::new(&o.ember_bin);
-        // The config file is the whole configuration: no EMBER_* overrides, no RUST_LOG.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("EMBER_") {
-                cmd.env_remove(&k);
-            }
-        }
-        let mut child = cmd
-            .arg("turn")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", o.ember_bin.display()))?;
+        let (child, rx) = crate::ember::spawn(&o.ember_bin, "turn", &cfg_path, &log)?;
         let pid = child.id();
-        let stdout = child.stdout.take().context("ember stdout")?;
-        let (tx, rx) = mpsc::channel();
-        // Keeps draining stdout until the server exits so it never blocks on a full pipe.
-        std::thread::Builder::new()
-            .name("ember-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        // Nobody listens any more; keep draining.
-                        continue;
-                    }
-                }
-            })?;
         let mut srv = Server {
             kind: Kind::Ember,
             addr: SocketAddr::new(LOCALHOST, port),
